@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.test_detector -*-
+"""
+Telling which protocol a session speaks from its first bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import attrs
+from twisted.logger import Logger
+
+from gateway.interfaces import Outcome
+
+log = Logger()
+
+#: A match this specific is decided at once, even while other decoders still
+#: want more bytes (a checksum or a full grammar with an identifier).
+CONCLUSIVE = 90
+
+
+@attrs.frozen
+class Detection:
+    """
+    The detector's answer.
+
+    @ivar decoder: the winning decoder, or L{None}.
+    @ivar waiting: C{True} when no decision can be made yet (TCP, more bytes
+        may settle it).
+    """
+
+    decoder: Optional[object] = None
+    waiting: bool = False
+    candidates: tuple = ()
+
+
+class Detector:
+    """
+    Runs every decoder's C{detect} over a session's head and picks the most
+    specific match.
+    """
+
+    def __init__(self, decoders: Iterable[object]):
+        self.decoders = tuple(decoders)
+        self._by_transport = {
+            t: tuple(d for d in self.decoders if t in d.transports) for t in ("tcp", "udp")
+        }
+
+    def detect(self, head: bytes, transport: str, final: bool = False) -> Detection:
+        """
+        Decide which decoder C{head} belongs to.
+
+        @param final: no more bytes will come before a decision is needed (byte
+            or time cap reached, UDP datagram, end of input): decide on the
+            matches there are.
+        """
+        best = None
+        best_score = -1
+        tied = []
+        more = False
+        for decoder in self._by_transport.get(transport, ()):
+            try:
+                verdict = decoder.detect(head, transport)
+            except Exception:
+                log.failure("decoder {name} raised in detect()", name=decoder.name)
+                continue
+            if verdict.outcome is Outcome.MORE:
+                more = True
+            elif verdict.outcome is Outcome.MATCH:
+                if verdict.score > best_score:
+                    best, best_score, tied = decoder, verdict.score, [decoder]
+                elif verdict.score == best_score:
+                    tied.append(decoder)
+        if more and not final and (best is None or best_score < CONCLUSIVE):
+            return Detection(waiting=True)
+        if best is None:
+            return Detection()
+        if len(tied) > 1:
+            # Equal evidence: pick deterministically, and say so.
+            tied.sort(key=lambda d: d.name)
+            best = tied[0]
+            log.warn("ambiguous detection between {names}, chose {name}",
+                     names=[d.name for d in tied], name=best.name)
+        return Detection(decoder=best, candidates=tuple(d.name for d in tied))

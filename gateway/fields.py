@@ -1,0 +1,204 @@
+# -*- test-case-name: tests.test_helpers -*-
+"""
+Field parsers shared by decoders: BCD, bit fields, NMEA-style coordinates and
+device clocks.
+
+Every function raises L{DecodeError} on input that cannot be what it claims to
+be, so a decoder can call them without wrapping each in its own checks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from gateway.interfaces import DecodeError
+
+#: Start of GPS time (seconds since this moment, no leap seconds applied).
+GPS_EPOCH = datetime(1980, 1, 6, tzinfo=timezone.utc)
+
+
+def digits(text: str) -> bool:
+    """
+    C{True} when C{text} is one or more ASCII digits (C{str.isdigit} also
+    accepts digits of other scripts, which C{int} then refuses).
+    """
+    return text.isascii() and text.isdigit()
+
+
+# -- BCD ---------------------------------------------------------------------
+
+def is_bcd(data: bytes) -> bool:
+    """
+    C{True} when every nibble of C{data} is a decimal digit.
+    """
+    return all((b >> 4) < 10 and (b & 0x0F) < 10 for b in data)
+
+
+def bcd(data: bytes) -> str:
+    """
+    The digits of packed BCD C{data}, as text (C{b'\\x12\\x34'} -> C{'1234'}).
+
+    Nibbles above 9 are kept as hex letters; use L{is_bcd} to reject them.
+    """
+    return data.hex()
+
+
+def bcd_int(data: bytes) -> int:
+    """
+    The value of packed BCD C{data}.
+
+    @raise DecodeError: when a nibble is not a decimal digit.
+    """
+    if not is_bcd(data):
+        raise DecodeError(f"not BCD: {data.hex()}")
+    return int(data.hex()) if data else 0
+
+
+# -- bits --------------------------------------------------------------------
+
+def bit(value: int, index: int) -> bool:
+    """
+    Bit C{index} (0 = least significant) of C{value}.
+    """
+    return bool((value >> index) & 1)
+
+
+def bits(value: int, index: int, count: int) -> int:
+    """
+    C{count} bits of C{value} starting at bit C{index} (0 = least significant).
+    """
+    return (value >> index) & ((1 << count) - 1)
+
+
+# -- coordinates -------------------------------------------------------------
+
+def nmea_degrees(text: str) -> float:
+    """
+    Degrees from an NMEA-style C{[d]ddmm.mmmm} value.
+
+    The minutes are the last two integer digits and what follows the point; all
+    digits before them are degrees. That also reads firmware that drops leading
+    zeros (C{'537.5'} is 5 degrees 37.5 minutes) or the point itself
+    (C{'22351777'} read with L{nmea_degrees_implied}).
+
+    @raise DecodeError: when C{text} is not a number or the minutes exceed 60.
+    """
+    text = text.strip()
+    negative = text.startswith("-")
+    if negative:
+        text = text[1:]
+    whole, _, fraction = text.partition(".")
+    if not digits(whole) or (fraction and not digits(fraction)):
+        raise DecodeError(f"not a coordinate: {text!r}")
+    degrees = int(whole[:-2] or "0")
+    minutes = float(whole[-2:] + "." + (fraction or "0"))
+    if minutes >= 60:
+        raise DecodeError(f"minutes out of range in coordinate {text!r}")
+    value = degrees + minutes / 60.0
+    return -value if negative else value
+
+
+def hemisphere(value: float, letter: str) -> float:
+    """
+    Apply an NMEA hemisphere letter (C{N}/C{S}/C{E}/C{W}) to a magnitude.
+
+    @raise DecodeError: for any other letter.
+    """
+    letter = letter.strip().upper()
+    if letter in ("N", "E"):
+        return abs(value)
+    if letter in ("S", "W"):
+        return -abs(value)
+    raise DecodeError(f"not a hemisphere: {letter!r}")
+
+
+def check_coordinates(latitude: float, longitude: float) -> None:
+    """
+    @raise DecodeError: when the pair is outside the globe.
+    """
+    if not (-90.0 <= latitude <= 90.0 and -180.0 <= longitude <= 180.0):
+        raise DecodeError(f"coordinates out of range: {latitude}, {longitude}")
+
+
+# -- time --------------------------------------------------------------------
+
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+        second: int = 0) -> datetime:
+    """
+    A UTC time from device fields; two-digit years are 20xx.
+
+    @raise DecodeError: when the fields are not a real date and time.
+    """
+    if year < 100:
+        year += 2000
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError as e:
+        raise DecodeError(
+            f"bad date/time {year:04d}-{month:02d}-{day:02d} {hour:02d}:{minute:02d}:{second:02d}"
+        ) from e
+
+
+def ddmmyy_hhmmss(date: str, time: str) -> datetime:
+    """
+    A UTC time from NMEA-style C{DDMMYY} and C{HHMMSS[.sss]} strings.
+    """
+    if len(date) != 6 or not digits(date):
+        raise DecodeError(f"bad date {date!r}")
+    whole = time.split(".")[0]
+    if len(whole) != 6 or not digits(whole):
+        raise DecodeError(f"bad time {time!r}")
+    return utc(int(date[4:6]), int(date[2:4]), int(date[0:2]),
+               int(whole[0:2]), int(whole[2:4]), int(whole[4:6]))
+
+
+def unix_time(seconds: float) -> datetime:
+    """
+    A UTC time from seconds since 1970.
+    """
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError) as e:
+        raise DecodeError(f"bad unix time {seconds}") from e
+
+
+def gps_time(seconds: float) -> datetime:
+    """
+    A UTC time from seconds since the GPS epoch (1980-01-06).
+    """
+    try:
+        return GPS_EPOCH + timedelta(seconds=seconds)
+    except OverflowError as e:
+        raise DecodeError(f"bad GPS time {seconds}") from e
+
+
+def knots_to_kmh(knots: float) -> float:
+    return knots * 1.852
+
+
+def optional_float(text: str) -> Optional[float]:
+    """
+    A float from a text field; L{None} when empty, L{DecodeError} when garbage.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError as e:
+        raise DecodeError(f"not a number: {text!r}") from e
+
+
+def nmea_degrees_implied(text: str, decimals: int = 4) -> float:
+    """
+    Degrees from an NMEA-style coordinate written without its decimal point:
+    the last C{decimals} digits are the fraction of the minutes
+    (C{'37573392'} is 37 degrees 57.3392 minutes).
+
+    @raise DecodeError: when C{text} is not digits or the minutes exceed 60.
+    """
+    text = text.strip()
+    if not digits(text) or len(text) < decimals + 2:
+        raise DecodeError(f"not an implied-point coordinate: {text!r}")
+    return nmea_degrees(text[:-decimals] + "." + text[-decimals:])

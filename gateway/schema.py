@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The database schema, one for SQLite and PostgreSQL (SQLAlchemy Core).
+
+The tables here describe the current version; C{gateway/migrations} holds the
+steps that bring an older database to it. Change both together.
+"""
+
+from sqlalchemy import (
+    JSON, BigInteger, Boolean, Column, DateTime, Float, Index, Integer, LargeBinary,
+    MetaData, String, Table, Text, UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql
+
+#: The migration (C{gateway/migrations/versions}) that creates these tables.
+REVISION = "0001"
+
+metadata = MetaData()
+
+#: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: 64-bit keys on PostgreSQL; SQLite needs INTEGER for an auto-incrementing rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Time = DateTime(timezone=True)
+
+devices = Table(
+    "devices", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("protocol", String(32)),
+    Column("transport", String(8)),
+    Column("first_seen", Time),
+    Column("last_seen", Time),
+    Column("last_peer", String(128)),
+    Column("settings", Json, nullable=False, default=dict),
+    Column("settings_changed", Time, index=True),
+)
+
+positions = Table(
+    "positions", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("device_id", String(64)),
+    Column("protocol", String(32)),
+    Column("time", Time),
+    Column("server_time", Time, nullable=False),
+    Column("latitude", Float),
+    Column("longitude", Float),
+    Column("valid", Boolean, nullable=False),
+    Column("speed_kmh", Float),
+    Column("course", Float),
+    Column("altitude_m", Float),
+    Column("alarm", Json, nullable=False),
+    Column("event", String(64)),
+    Column("attributes", Json, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    UniqueConstraint("device_id", "fingerprint", name="uq_positions_device_fingerprint"),
+    Index("ix_positions_device_time", "device_id", "time"),
+)
+
+commands = Table(
+    "commands", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("params", Json, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Time, nullable=False),
+    Column("expires_at", Time),
+    Column("sent_at", Time),
+    Column("confirmed_at", Time),
+    Column("finished_at", Time),
+    Column("token", String(64)),
+    Column("data", LargeBinary),
+    Column("reply", Text),
+    Column("error", Text),
+    Index("ix_commands_device_status", "device_id", "status"),
+    Index("ix_commands_status", "status"),
+)
+
+unknown_frames = Table(
+    "unknown_frames", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", Time, nullable=False),
+    Column("transport", String(8), nullable=False),
+    Column("peer", String(128), nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)

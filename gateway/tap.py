@@ -1,0 +1,32 @@
+"""
+C{twistd trackport}: options and the service maker.
+"""
+
+from twisted.python import usage
+
+from gateway.store import database_url
+
+
+class Options(usage.Options):
+    optFlags = [
+        ["reuse-port", None, "Open the port with SO_REUSEPORT so several gateway processes share it."],
+    ]
+    optParameters = [
+        ["port", "p", 8888, "TCP and UDP port the trackers report to.", int],
+        ["interface", "i", "", "Address to listen on (default: all)."],
+        ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
+    ]
+
+    def postOptions(self):
+        if not 0 < self["port"] < 65536:
+            raise usage.UsageError(f"--port must be 1-65535, not {self['port']}")
+        self["db"] = database_url(self["db"])
+
+
+def makeService(options):
+    from gateway.service import GatewayService
+
+    service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
+                             reuse_port=bool(options["reuse-port"]))
+    service.prepare()
+    return service

@@ -1,0 +1,221 @@
+"""
+The session path with a toy protocol: framing, detection, ack ordering and
+error handling, without sockets (StringTransport) and with a fake clock.
+"""
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransportWithDisconnection
+
+from gateway.hub import Hub, MemoryStore
+from gateway.server import StreamFactory
+from gateway.session import DETECT_SECONDS, MAX_BUFFER, Session
+from tests.toy import toy
+
+
+class HeldStore(MemoryStore):
+    """
+    A store whose commits the test releases by hand.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def submit(self, device_id, protocol, peer, records):
+        d = Deferred()
+        self.held.append((d, list(records)))
+        return d
+
+    def commit(self, index=0):
+        d, records = self.held.pop(index)
+        self.records.extend((None, None, r) for r in records)
+        d.callback(None)
+
+
+def connect(store=None, clock=None):
+    clock = clock or Clock()
+    hub = Hub({"toy": toy}, store or MemoryStore(), clock)
+    hub.keep_errors = True
+    factory = StreamFactory(hub)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransportWithDisconnection()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    return hub, protocol, transport
+
+
+def test_frame_split_across_reads():
+    hub, protocol, transport = connect()
+    data = b"TOY,42,2,a\n"
+    for i in range(len(data)):
+        protocol.dataReceived(data[i:i + 1])
+    assert transport.value() == b"ACK,42\n"
+    assert len(hub.store_.records) == 2
+    assert protocol.session.device_id == "42"
+
+
+def test_several_frames_in_one_read():
+    hub, protocol, transport = connect()
+    protocol.dataReceived(b"TOY,1,1\nPING,1\nTOY,1,3\n")
+    assert transport.value() == b"ACK,1\nPING,1\nACK,1\n"
+    assert len(hub.store_.records) == 4
+
+
+def test_garbage_before_a_frame_is_skipped_and_logged():
+    hub, protocol, transport = connect()
+    protocol.dataReceived(b"TOY,1,1\n")
+    protocol.dataReceived(b"\x00\xffjunkTOY,1,1,x\n")
+    assert transport.value() == b"ACK,1\nACK,1\n"
+    assert any("skipped" in e and "00ff6a756e6b" in e for e in hub.errors)
+
+
+def test_bad_frame_is_skipped_and_the_session_goes_on():
+    hub, protocol, transport = connect()
+    protocol.dataReceived(b"TOY,1,BAD\nTOY,1,1\n")
+    assert transport.value() == b"ACK,1\n"
+    assert transport.connected
+    assert any("bad frame" in e and b"TOY,1,BAD".hex() in e for e in hub.errors)
+
+
+def test_oversized_input_is_dropped_not_buffered():
+    hub, protocol, transport = connect()
+    protocol.dataReceived(b"TOY,1,1\n")
+    protocol.dataReceived(b"TOY,1,1," + b"x" * (MAX_BUFFER + 10))
+    assert protocol.session._buffer == b""
+    assert any("dropped" in e for e in hub.errors)
+    protocol.dataReceived(b"TOY,1,1\n")
+    assert transport.value() == b"ACK,1\nACK,1\n"
+
+
+def test_unknown_protocol_is_recorded_and_closed():
+    hub, protocol, transport = connect()
+    peer = protocol.session.peer
+    protocol.dataReceived(b"\x01\x02\x03 hello there")
+    assert not transport.connected
+    assert hub.store_.unknown_frames == [("tcp", peer, b"\x01\x02\x03 hello there")]
+    assert any("no decoder recognises" in e for e in hub.errors)
+
+
+def test_need_more_waits_then_times_out():
+    clock = Clock()
+    hub, protocol, transport = connect(clock=clock)
+    protocol.dataReceived(b"TO")
+    assert transport.connected and protocol.session.decoder is None
+    clock.advance(DETECT_SECONDS + 0.1)
+    assert not transport.connected
+    assert hub.store_.unknown_frames[0][2] == b"TO"
+
+
+def test_detection_once_then_frames_go_straight_to_the_decoder():
+    calls = []
+    original = toy.detect
+
+    class Counting:
+        name, transports, frame, decode = toy.name, toy.transports, toy.frame, toy.decode
+
+        def detect(self, head, transport):
+            calls.append(head)
+            return original(head, transport)
+
+    hub = Hub({"toy": Counting()}, MemoryStore(), Clock())
+    out = []
+    session = Session(hub, "tcp", "peer", out.append, lambda: None)
+    session.data_received(b"TOY,1,1\n")
+    session.data_received(b"TOY,1,1\nTOY,1,1\n")
+    assert len(calls) == 1
+    assert out == [b"ACK,1\n"] * 3
+
+
+def test_ack_only_after_commit_and_in_frame_order():
+    store = HeldStore()
+    hub, protocol, transport = connect(store=store)
+    protocol.dataReceived(b"TOY,7,1\nPING,7\nTOY,7,2\n")
+    # Nothing committed yet: not even the keep-alive echo may overtake the
+    # first report's ack.
+    assert transport.value() == b""
+    store.commit(1)  # the second report commits first
+    assert transport.value() == b""
+    store.commit(0)
+    assert transport.value() == b"ACK,7\nPING,7\nACK,7\n"
+
+
+def test_failed_store_means_no_ack():
+    class Down(MemoryStore):
+        def submit(self, *args):
+            return fail(RuntimeError("database down"))
+
+    hub, protocol, transport = connect(store=Down())
+    protocol.dataReceived(b"TOY,7,1\nPING,7\n")
+    assert transport.value() == b"PING,7\n"
+    assert any("no ack" in e for e in hub.errors)
+
+
+def test_udp_datagram_batch_and_truncated_tail():
+    hub = Hub({"toy": toy}, MemoryStore(), Clock())
+    hub.keep_errors = True
+    out = []
+    session = Session(hub, "udp", "1.2.3.4:5", out.append, lambda: None)
+    session.datagram_received(b"TOY,9,1\nTOY,9,1\nTOY,9")
+    assert out == [b"ACK,9\n", b"ACK,9\n"]
+    assert any("truncated" in e for e in hub.errors)
+    session.datagram_received(b"garbage that is no protocol")
+    assert hub.store_.unknown_frames[-1][2] == b"garbage that is no protocol"
+    session.datagram_received(b"PING,9\n")
+    assert out[-1] == b"PING,9\n"
+
+
+def test_decoder_bug_does_not_kill_the_session():
+    class Buggy:
+        name, transports, detect, frame = toy.name, toy.transports, toy.detect, toy.frame
+
+        def decode(self, frame, context):
+            if b"BOOM" in frame:
+                raise ZeroDivisionError("bug")
+            return toy.decode(frame, context)
+
+    hub = Hub({"toy": Buggy()}, MemoryStore(), Clock())
+    hub.keep_errors = True
+    out = []
+    session = Session(hub, "tcp", "peer", out.append, lambda: None)
+    session.data_received(b"TOY,1,BOOM\nTOY,1,1\n")
+    assert out == [b"ACK,1\n"]
+    assert any("decoder failed" in e for e in hub.errors)
+
+
+def test_a_command_waits_behind_pending_acks():
+    store = HeldStore()
+    hub, protocol, transport = connect(store=store)
+    protocol.dataReceived(b"TOY,7,1\n")
+    assert protocol.session.send(b"RELAY,1\n")
+    assert transport.value() == b""
+    store.commit()
+    assert transport.value() == b"ACK,7\nRELAY,1\n"
+
+
+def test_framer_may_consume_line_ends_quietly():
+    class Lines:
+        name, transports, detect, decode = toy.name, toy.transports, toy.detect, toy.decode
+
+        def frame(self, buffer, transport):
+            if buffer[:1] in (b"\r", b"\n"):
+                return b"", 1
+            return toy.frame(buffer, transport)
+
+    hub = Hub({"toy": Lines()}, MemoryStore(), Clock())
+    hub.keep_errors = True
+    out = []
+    session = Session(hub, "tcp", "peer", out.append, lambda: None)
+    session.data_received(b"TOY,1,1\n\r\n")
+    session.data_received(b"\r\nTOY,1,1\n")
+    assert out == [b"ACK,1\n"] * 2
+    assert hub.errors == []
+
+
+
+def test_learned_settings_add_to_the_base_settings():
+    hub = Hub({"toy": toy}, MemoryStore(), Clock(), settings={None: {"toy.a": "1", "toy.b": "2"}})
+    hub.learned("dev", {"toy.b": "learned", "toy.c": "3"})
+    assert hub.settings("dev") == {"toy.a": "1", "toy.b": "learned", "toy.c": "3"}
+    assert hub.settings("other") == {"toy.a": "1", "toy.b": "2"}
+    assert hub.store_.learned == {"dev": {"toy.b": "learned", "toy.c": "3"}}

@@ -1,0 +1,159 @@
+"""
+The store on real databases (SQLite file, PostgreSQL): batched commits, re-sent
+records stored once, an outage holding records (no acks) until it ends.
+"""
+
+import sqlite3
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+from twisted.internet.defer import DeferredList
+
+from gateway import schema
+from gateway.model import Position
+from gateway.store import Overloaded, Store, engine_for, merge_settings, load_settings, migrate
+
+
+class ThreadReactor:
+    """
+    Runs callFromThread at once, in the writer thread: enough to observe the
+    Deferreds without a running reactor.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def callFromThread(self, f, *a, **kw):
+        with self.lock:
+            f(*a, **kw)
+
+
+def rec(second, **kw):
+    return Position(time=datetime(2024, 5, 1, 12, 0, second, tzinfo=timezone.utc),
+                    latitude=52.1, longitude=-0.3, valid=True, **kw)
+
+
+def wait_for(d, timeout=20):
+    result = []
+    d.addBoth(result.append)
+    deadline = time.time() + timeout
+    while not result and time.time() < deadline:
+        time.sleep(0.01)
+    assert result, "Deferred did not fire"
+    return result[0]
+
+
+def count(engine, table=schema.positions):
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+@pytest.fixture
+def store(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+    yield s
+    wait_for(s.stop())
+
+
+def test_records_commit_and_fire(store):
+    d = store.submit("dev1", "toy", "peer", [rec(0), rec(1)])
+    assert wait_for(d) is None
+    assert count(store.engine) == 2
+    with store.engine.connect() as c:
+        device = c.execute(select(schema.devices)).mappings().one()
+    assert device["id"] == "dev1" and device["protocol"] == "toy"
+
+
+def test_resent_record_stored_once_same_time_different_record_kept(store):
+    wait_for(store.submit("dev1", "toy", "peer", [rec(0), rec(0, speed_kmh=10.0)]))
+    # The device did not get our ack and sends the same batch again, plus one.
+    wait_for(store.submit("dev1", "toy", "peer", [rec(0), rec(0, speed_kmh=10.0), rec(5)]))
+    assert count(store.engine) == 3
+    # The same record from another device is its own.
+    wait_for(store.submit("dev2", "toy", "peer", [rec(0)]))
+    assert count(store.engine) == 4
+
+
+def test_many_submissions_are_batched(store):
+    ds = [store.submit(f"dev{i % 7}", "toy", "peer", [rec(i % 60, speed_kmh=float(i))])
+          for i in range(3000)]
+    wait_for(DeferredList(ds))
+    assert count(store.engine) == 3000
+    assert store.committed == 3000
+
+
+def test_null_time_record_is_kept(store):
+    wait_for(store.submit("dev1", "toy", "peer", [Position(time=None, valid=False)]))
+    with store.engine.connect() as c:
+        row = c.execute(select(schema.positions)).mappings().one()
+    assert row["time"] is None and row["server_time"] is not None
+
+
+def test_overload_refuses_new_frames(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor(), max_pending=2)
+    # Not started: nothing drains, so the third record is refused.
+    s.submit("d", "toy", "p", [rec(0), rec(1)])
+    failure = wait_for(s.submit("d", "toy", "p", [rec(2)]))
+    assert failure.check(Overloaded)
+
+
+def test_sqlite_outage_holds_records_until_it_ends(tmp_path):
+    path = tmp_path / "t.db"
+    engine = engine_for(f"sqlite:///{path}", busy_timeout=0.05)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.retry_delays = (0.05,)
+    s.start()
+    blocker = sqlite3.connect(str(path), isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    fired = []
+    s.submit("dev1", "toy", "peer", [rec(0)]).addBoth(fired.append)
+    time.sleep(0.6)
+    assert fired == [] and not s.healthy and s.pending == 1
+    blocker.execute("COMMIT")
+    blocker.close()
+    deadline = time.time() + 10
+    while not fired and time.time() < deadline:
+        time.sleep(0.01)
+    assert fired == [None]
+    assert count(engine) == 1 and s.healthy
+    wait_for(s.stop())
+
+
+def test_settings_merge_and_load(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    with engine.begin() as c:
+        merge_settings(c, engine.dialect.name, "dev9", {"toy.password": "1", "toy.x": "2"})
+        merge_settings(c, engine.dialect.name, "dev9", {"toy.x": None})
+    with engine.connect() as c:
+        assert load_settings(c) == {"dev9": {"toy.password": "1"}}
+
+
+def test_migrate_twice_is_harmless(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    migrate(engine)
+    assert count(engine, schema.commands) == 0
+
+
+def test_schema_revision_is_the_migrations_head():
+    import os
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import gateway.store
+
+    config = Config()
+    config.set_main_option("script_location",
+                           os.path.join(os.path.dirname(gateway.store.__file__), "migrations"))
+    assert ScriptDirectory.from_config(config).get_current_head() == schema.REVISION
