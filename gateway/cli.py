@@ -74,7 +74,7 @@ def cmd_serve(args) -> int:
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = GatewayService(port=args.port, interface=args.interface, db=database_url(args.db),
-                             reuse_port=args.reuse_port)
+                             reuse_port=args.reuse_port, idle_timeout=args.idle_timeout)
     service.prepare()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -184,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default="")
     p.add_argument("--reuse-port", action="store_true",
                    help="SO_REUSEPORT: several gateway processes share the port")
+    p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
+                   help="drop a TCP connection silent for this long (0: never; default 3600)")
     db(p)
     p.set_defaults(run=cmd_serve)
 

@@ -45,9 +45,9 @@ def decode(chunks: Iterable[bytes], transport: str = "tcp",
     responses = []
     session = Session(hub, transport, "decode", responses.append, lambda: None)
     replay(session, chunks)
-    device_id = session.device_id
-    if device_id is None:
-        device_id = next((d for d, _, _ in store.records if d is not None), None)
+    # The device the session spoke for first: a stream that names several
+    # devices (each record is stored under its own) is reported by the first.
+    device_id = next((d for d, _, _ in store.records if d is not None), session.device_id)
     return {
         "protocol": session.protocol,
         "device_id": device_id,

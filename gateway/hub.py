@@ -19,6 +19,10 @@ from gateway.hexdump import hexdump
 
 log = Logger()
 
+#: Unrecognised sessions logged and kept per second: a port scan or a UDP flood
+#: of garbage must not fill the log and the C{unknown_frames} table.
+UNKNOWN_PER_SECOND = 20
+
 
 class Hub:
     """
@@ -37,6 +41,9 @@ class Hub:
         self.commands = None
         self.errors = []
         self.keep_errors = False
+        self._unknown_second = None
+        self._unknown_count = 0
+        self._unknown_dropped = 0
 
     # -- what sessions call ----------------------------------------------
 
@@ -60,6 +67,16 @@ class Hub:
         return self.store_.submit(device_id, session.protocol, session.peer, records)
 
     def unknown(self, session, data: bytes) -> None:
+        second = int(self.clock.seconds())
+        if second != self._unknown_second:
+            if self._unknown_dropped:
+                log.warn("{n} more unrecognised sessions/datagrams not logged nor kept",
+                         n=self._unknown_dropped)
+            self._unknown_second, self._unknown_count, self._unknown_dropped = second, 0, 0
+        if self._unknown_count >= UNKNOWN_PER_SECOND:
+            self._unknown_dropped += 1
+            return
+        self._unknown_count += 1
         self.error(session, f"no decoder recognises the data: {hexdump(data)}")
         self.store_.unknown(session.transport, session.peer, data)
 

@@ -36,22 +36,83 @@ class StreamProtocol(Protocol):
         log.info("session tcp {peer} opened", peer=peer)
         self.session = Session(self.factory.hub, "tcp", peer,
                                self.transport.write, self.transport.loseConnection)
+        self.factory.live.add(self)
 
     def dataReceived(self, data):
         self.session.data_received(data)
 
     def connectionLost(self, reason):
+        self.factory.live.discard(self)
         if self.session is not None:
             self.session.connection_lost()
             self.session = None
 
+    def abort(self) -> None:
+        # A silent peer is most often a dead one (a vehicle that lost power, a
+        # NAT that forgot the mapping): nothing would flush a graceful close.
+        self.transport.abortConnection()
+
+
+class _Sweeper:
+    """
+    Ends sessions silent for longer than C{idle} seconds, checked every
+    C{idle / 4} seconds: one timer for all sessions, not one each (a gateway
+    holds many thousands of mostly idle connections).
+    """
+
+    def __init__(self, clock, idle: float, sessions, end):
+        self.idle = idle
+        self._sessions = sessions
+        self._end = end
+        self._call = LoopingCall(self._sweep)
+        self._call.clock = clock
+        self._clock = clock
+
+    def start(self) -> None:
+        if self.idle > 0 and not self._call.running:
+            self._call.start(max(self.idle / 4, 1.0), now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+    def _sweep(self) -> None:
+        cutoff = self._clock.seconds() - self.idle
+        for key, session in list(self._sessions()):
+            if session.last_seen < cutoff:
+                self._end(key, session)
+
 
 class StreamFactory(Factory):
+    """
+    @ivar live: the open connections.
+    @ivar idle: seconds of silence after which a connection is dropped (0:
+        never). A device that reports or sends keep-alives more often than
+        this is never affected; a half-open connection stops holding a session
+        (and stops attracting commands that could never arrive).
+    """
+
     protocol = StreamProtocol
     noisy = False
 
-    def __init__(self, hub):
+    def __init__(self, hub, idle: float = 3600.0):
         self.hub = hub
+        self.live = set()
+        self._sweeper = _Sweeper(hub.clock, idle, self._sessions, self._end)
+
+    def _sessions(self):
+        return ((p, p.session) for p in self.live if p.session is not None)
+
+    def _end(self, protocol, session) -> None:
+        log.info("session tcp {peer} silent for {idle:.0f} s, closing", peer=session.peer,
+                 idle=self._sweeper.idle)
+        protocol.abort()
+
+    def startFactory(self):
+        self._sweeper.start()
+
+    def stopFactory(self):
+        self._sweeper.stop()
 
 
 class DatagramEndpoint(DatagramProtocol):
@@ -64,17 +125,14 @@ class DatagramEndpoint(DatagramProtocol):
 
     def __init__(self, hub, idle: float = 600.0):
         self.hub = hub
-        self.idle = idle
         self.sessions: Dict[Tuple, Session] = {}
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = hub.clock
+        self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget)
 
     def startProtocol(self):
-        self._sweeper.start(max(self.idle / 4, 1.0), now=False)
+        self._sweeper.start()
 
     def stopProtocol(self):
-        if self._sweeper.running:
-            self._sweeper.stop()
+        self._sweeper.stop()
         for session in list(self.sessions.values()):
             session.connection_lost()
         self.sessions.clear()
@@ -84,16 +142,18 @@ class DatagramEndpoint(DatagramProtocol):
         if session is None:
             session = Session(self.hub, "udp", _peer(addr),
                               lambda payload: self._send(payload, addr), lambda: None)
-            self.sessions[addr] = session
+            session.datagram_received(data)
+            # Only a peer that spoke a known protocol is remembered: garbage
+            # from many (possibly spoofed) addresses costs no memory.
+            if session.decoder is not None:
+                self.sessions[addr] = session
+            return
         session.datagram_received(data)
 
     def _send(self, payload: bytes, addr) -> None:
         if self.transport is not None:
             self.transport.write(payload, addr)
 
-    def _sweep(self):
-        cutoff = self.hub.clock.seconds() - self.idle
-        for addr, session in list(self.sessions.items()):
-            if session.last_seen < cutoff:
-                del self.sessions[addr]
-                session.connection_lost()
+    def _forget(self, addr, session) -> None:
+        del self.sessions[addr]
+        session.connection_lost()

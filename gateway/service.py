@@ -133,9 +133,11 @@ class GatewayService(MultiService):
     """
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
-                 reactor=None, decoders=None, reuse_port: bool = False):
+                 reactor=None, decoders=None, reuse_port: bool = False,
+                 idle_timeout: float = 3600.0):
         super().__init__()
         self.reuse_port = reuse_port
+        self.idle_timeout = idle_timeout
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -161,7 +163,7 @@ class GatewayService(MultiService):
         self.commands = CommandQueue(self.hub, engine, self.reactor)
         self.hub.commands = self.commands
         self.commands.setServiceParent(self)
-        factory, datagram = StreamFactory(self.hub), DatagramEndpoint(self.hub)
+        factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
         if self.reuse_port:
             SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)
         else:

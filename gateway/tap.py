@@ -15,11 +15,15 @@ class Options(usage.Options):
         ["port", "p", 8888, "TCP and UDP port the trackers report to.", int],
         ["interface", "i", "", "Address to listen on (default: all)."],
         ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
+        ["idle-timeout", None, 3600.0,
+         "Seconds of silence after which a TCP connection is dropped (0: never).", float],
     ]
 
     def postOptions(self):
         if not 0 < self["port"] < 65536:
             raise usage.UsageError(f"--port must be 1-65535, not {self['port']}")
+        if self["idle-timeout"] < 0:
+            raise usage.UsageError("--idle-timeout must be 0 (never) or a number of seconds")
         self["db"] = database_url(self["db"])
 
 
@@ -27,6 +31,6 @@ def makeService(options):
     from gateway.service import GatewayService
 
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]))
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
     service.prepare()
     return service

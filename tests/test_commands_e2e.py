@@ -37,6 +37,15 @@ def wait_status(g, device, command_id, status, timeout=10):
     return row
 
 
+def assert_nothing_more(s, why):
+    s.settimeout(1.0)
+    try:
+        extra = s.recv(100)
+    except socket.timeout:
+        extra = b""
+    assert extra == b"", why
+
+
 def test_queued_offline_then_delivered_and_confirmed(gateway, db_url):
     g = gateway(db_url, extra_env=TOY)
     stop = send(g, "car1", "engine_stop")
@@ -94,12 +103,7 @@ def test_expiry_and_engine_resume_cancels_a_queued_stop(gateway, db_url):
     s.sendall(b"PING,car3\n")
     want = b"PING,car3\n" + f"RELAY,0,{resume}\n".encode()
     assert recv_exactly(s, len(want)) == want
-    s.settimeout(1.0)
-    try:
-        extra = s.recv(100)
-    except socket.timeout:
-        extra = b""
-    assert extra == b"", "a cancelled or expired command was sent"
+    assert_nothing_more(s, "a cancelled or expired command was sent")
 
 
 def test_unsupported_command_fails_with_a_reason(gateway, db_url):
@@ -132,10 +136,5 @@ def test_restart_loses_no_queued_command_and_never_resends(gateway, db_url):
     s.sendall(b"PING,car5\n")
     want = b"PING,car5\n" + f"RELAY,0,{second}\n".encode()
     assert recv_exactly(s, len(want)) == want
-    s.settimeout(1.0)
-    try:
-        extra = s.recv(100)
-    except socket.timeout:
-        extra = b""
-    assert extra == b"", "the sent command was sent again after the restart"
+    assert_nothing_more(s, "the sent command was sent again after the restart")
     assert status_of(g2, "car5", first)["status"] == "sent"

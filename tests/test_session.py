@@ -7,8 +7,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 
-from gateway.hub import Hub, MemoryStore
-from gateway.server import StreamFactory
+from gateway.hub import UNKNOWN_PER_SECOND, Hub, MemoryStore
+from gateway.server import DatagramEndpoint, StreamFactory
 from gateway.session import DETECT_SECONDS, MAX_BUFFER, Session
 from tests.toy import toy
 
@@ -219,3 +219,61 @@ def test_learned_settings_add_to_the_base_settings():
     assert hub.settings("dev") == {"toy.a": "1", "toy.b": "learned", "toy.c": "3"}
     assert hub.settings("other") == {"toy.a": "1", "toy.b": "2"}
     assert hub.store_.learned == {"dev": {"toy.b": "learned", "toy.c": "3"}}
+
+
+def test_silent_tcp_connection_is_dropped_after_the_idle_timeout():
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    factory = StreamFactory(hub, idle=100)
+    factory.doStart()
+    pairs = []
+    for device in (b"1", b"2"):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransportWithDisconnection()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"PING," + device + b"\n")
+        pairs.append((protocol, transport))
+    (quiet, quiet_transport), (chatty, chatty_transport) = pairs
+    for _ in range(14):  # past the idle time and the next sweep
+        clock.advance(10)
+        chatty.dataReceived(b"PING,2\n")
+    assert not quiet_transport.connected and quiet.session is None
+    assert chatty_transport.connected and chatty.session is not None
+    assert "1" not in hub.sessions and "2" in hub.sessions
+    factory.doStop()
+
+
+def test_udp_peer_is_forgotten_after_its_idle_time():
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint = DatagramEndpoint(hub, idle=100)
+    sent = []
+
+    class Transport:
+        def write(self, data, addr):
+            sent.append((data, addr))
+
+    endpoint.makeConnection(Transport())
+    endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000))
+    assert hub.sessions["7"].transport == "udp"
+    clock.advance(130)
+    assert sent == [(b"PING,7\n", ("127.0.0.1", 5000))]
+    assert endpoint.sessions == {} and "7" not in hub.sessions
+    endpoint.doStop()
+
+
+def test_udp_garbage_from_many_peers_is_bounded():
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    hub.keep_errors = True
+    endpoint = DatagramEndpoint(hub)
+    for i in range(500):
+        endpoint.datagramReceived(b"\x00garbage %d" % i, ("127.0.0.1", 1000 + i))
+    assert endpoint.sessions == {}
+    assert len(hub.store_.unknown_frames) == UNKNOWN_PER_SECOND
+    clock.advance(1)
+    endpoint.datagramReceived(b"\x00more garbage", ("127.0.0.1", 999))
+    assert hub.store_.unknown_frames[-1][2] == b"\x00more garbage"
+    endpoint.datagramReceived(b"PING,8\n", ("127.0.0.1", 999))
+    assert list(endpoint.sessions) == [("127.0.0.1", 999)]
