@@ -53,6 +53,7 @@ _SPEED = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,6})?")
 _STATUS = re.compile(r"((?:[0-9X]{1,3}-)*)([0-9]{1,3})-([0-9]{1,3})")
 _DIRECTION = re.compile(r"[0-9]{1,3}")
 _DECIMAL = re.compile(r"-?[0-9]{1,6}\.[0-9]{1,6}")
+_NUMBER = re.compile(r"-?[0-9]{1,6}(?:\.[0-9]{1,6})?")
 _HDOP_FARNEAR = re.compile(r"[0-9]{2}\.[0-9]{2}")
 _CELL = re.compile(r"([0-9]{3})([0-9]{2,3})-([0-9A-Fa-f]{1,8})-([0-9A-Fa-f]{1,8})")
 _RADIO_LIST = re.compile(r"(WIFI|BLE):\{(.*)\}", re.IGNORECASE)
@@ -63,9 +64,9 @@ _COMMAND_CODE = re.compile(r"([A-Z])([0-9]?)")
 _GEOFENCE = re.compile(r"B[0-9]*-([0-9]+)")
 _MCC_MNC = re.compile(r"[0-9]{1,3}")
 
-# CMD- messages the device sends on its own; every other CMD-<code> answers
-# the command <code>.
-_UNSOLICITED = frozenset({"T", "X", "D", "K", "KEY"})
+# CMD- messages the device sends on its own (report, heartbeat, "GPRS
+# connected", SOS key); every other CMD-<code> answers the command <code>.
+_UNSOLICITED = frozenset({"T", "X", "D", "KEY"})
 # Alarm letter after "ALM-" (V5.0 document, TL403 firmware); B (geofence) is
 # handled apart. F (fully charged) and U (upgrade done) are notices, no alarm.
 _ALARMS = {"A": "sos", "C": "overspeed", "D": "low_battery", "H": "movement",
@@ -183,14 +184,17 @@ def _extensions(ext: List[str], attributes: dict) -> Tuple[Optional[float], Opti
     guessed = []
     extra = []
     i = 0
-    if ext and _DIRECTION.fullmatch(ext[0]) and int(ext[0]) <= 360:
-        course = float(int(ext[0]))
-        i = 1
-    elif (len(ext) >= 3 and _DECIMAL.fullmatch(ext[0]) and _DECIMAL.fullmatch(ext[1])
-          and "~" in ext[2]):
+    if (len(ext) >= 3 and _NUMBER.fullmatch(ext[0]) and _DECIMAL.fullmatch(ext[1])
+            and "~" in ext[2]):
+        # Tested before Direction: an altitude printed without decimals would
+        # otherwise pass for a course. V5.0's Direction is followed by a
+        # MCCMNC-LAC-CID cell, never by a decimal and a ~ list.
         altitude = float(ext[0])
         attributes["hdop"] = float(ext[1])
         i = 2
+    elif ext and _DIRECTION.fullmatch(ext[0]) and int(ext[0]) <= 360:
+        course = float(int(ext[0]))
+        i = 1
     elif ext and _HDOP_FARNEAR.fullmatch(ext[0]):
         # Farnear's <HH.HH>: the same shape as the 4G variant's hdop; no
         # document names it.
@@ -248,7 +252,9 @@ def _alarm(kind: str) -> Tuple[str, ...]:
         m = _GEOFENCE.fullmatch(code)
         if m is None:
             return ("general",)  # fence number only: enter or exit is the fence's setting
-        return ("geofence_enter",) if int(m.group(1)) % 2 else ("geofence_exit",)
+        # Parity is the last digit's; int() of the whole would refuse a
+        # number longer than Python's digit limit.
+        return ("geofence_enter",) if int(m.group(1)[-1]) % 2 else ("geofence_exit",)
     name = _ALARMS.get(code[:1], "general")
     return (name,) if name else ()
 
@@ -256,13 +262,19 @@ def _alarm(kind: str) -> Tuple[str, ...]:
 def _command_code(text: str) -> Optional[str]:
     """
     The code the device echoes as C{CMD-<code>} for a command body (what
-    follows the password): the letter, plus the digit for C{A<n>}, C{T<n>},
-    C{U<n>}.
+    follows the password): the letter, plus the digit where the digit is part
+    of the command's name rather than its first parameter: V5.0's C{A<n>},
+    C{T<n>}, C{U<n>}, and the TL403 firmware's C{M2}/C{M4} (heartbeat, GPS
+    mode) and C{L1} (clock), answered C{CMD-M2}, C{CMD-M4}, C{CMD-L1}. V5.0's
+    C{M0}/C{M1} (reports off/on) are answered C{CMD-M}.
     """
     m = _COMMAND_CODE.match(text)
     if m is None:
         return None
-    return m.group(1) + m.group(2) if m.group(1) in "ATU" else m.group(1)
+    letter, digit = m.groups()
+    if letter in "ATUL" or (letter == "M" and digit not in ("", "0", "1")):
+        return letter + digit
+    return letter
 
 
 def _relay_codes(context, device_id: Optional[str]) -> Tuple[str, str]:

@@ -75,6 +75,13 @@ def test_detects_every_prefix_without_refusing(vec):
     b"#353327020115804#MP90_4G#0000#AUTOLOW#1\r\n",               # TLT-2H / V680
     b"##,imei:359586015829802,A;",                                # GPS103 variant
     b"#M2C,2020,P1.B1.H1.F1.R1,101,353327020115804,1,L,0#",       # M2C
+    b"#L#2.0;353327020115804;NA;BB2B\r\n",                       # Wialon IPS 2.0 login
+    b"#SD#290319;223252;2245.8042;N;11423.7886;E;0;0;0;5\r\n",    # Wialon IPS short data
+    b"#B#290319;223252;2245.8042;N;11423.7886;E;0;0;0;5|\r\n",    # Wialon IPS black box
+    b"#P#\r\n",                                                  # Wialon IPS ping
+    b"##S,353327020115804,",                                      # eSeal
+    b"#MTX,353327020115804,20190329,223252,22.76341,114.39648#",  # MTX
+    b"#GTXRP=353327020115804,1,190329223252,22.76341,114.39648#", # SmartSole
     b"353327020115804,+8613800138000,GPRMC,223252.000,A,2245.80", # digits first, not CMD-/ALM-
     b"#353327020115804,CMD,T,A#",
     b"#3533,CMD-T,A,DATE:090329#",                                # IMEI too short
@@ -251,6 +258,14 @@ def test_4g_numbers_only_with_cell_lists():
     assert old.altitude_m is None and "hdop" not in old.attributes
 
 
+def test_4g_altitude_without_decimals_is_not_a_course():
+    # Spec 0.2: before the ~ cell lists the first number is the altitude,
+    # even when printed whole; 0.3: only V5.0's Direction is a course.
+    body = body_of("gotop-020").replace(",59.5,", ",59,")
+    record = decode(f"#{body}#".encode()).records[0]
+    assert (record.altitude_m, record.course, record.attributes["hdop"]) == (59.0, None, 0.9)
+
+
 # -- alarms, and where Traccar decodes wrongly -----------------------------
 
 @pytest.mark.parametrize("kind, alarm", [
@@ -271,6 +286,14 @@ def test_4g_numbers_only_with_cell_lists():
 def test_alarms(kind, alarm):
     record = decode(with_type("gotop-023", kind)).records[0]
     assert record.alarm == alarm and record.event == kind
+
+
+def test_geofence_parity_of_an_overlong_number():
+    # Found by hypothesis: int() of more than 4300 digits raised ValueError
+    # (the framer's cap keeps such a body from the session; decode is called
+    # directly here, as the robustness tests do).
+    record = gotop.decode(with_type("gotop-023", "ALM-B1-" + "9" * 5000), Context()).records[0]
+    assert record.alarm == ("geofence_enter",)
 
 
 def test_alarm_without_position_data():
@@ -358,6 +381,17 @@ def test_encode_errors(kind, params, settings):
     ("custom", {"text": "A2,D"}, "CMD-A2"),
     ("custom", {"text": "J1,080"}, "CMD-J"),
     ("custom", {"text": "U0"}, "CMD-U0"),
+    ("custom", {"text": "N1,40"}, "CMD-N"),
+    ("custom", {"text": "L+08"}, "CMD-L"),
+    ("custom", {"text": "H456789"}, "CMD-H"),
+    ("custom", {"text": "I1,1,1,51113525N009125670E50241115N011011173E"}, "CMD-I"),
+    ("custom", {"text": "CCMNET,119.122.101.91:7289"}, "CMD-C"),
+    # TL403 firmware (spec 5.1 and 7): heartbeat interval, GPS mode, clock,
+    # power-off are answered CMD-M2, CMD-M4, CMD-L1, CMD-K.
+    ("custom", {"text": "M2,300"}, "CMD-M2"),
+    ("custom", {"text": "M4,1"}, "CMD-M4"),
+    ("custom", {"text": "L1,160113,140709"}, "CMD-L1"),
+    ("custom", {"text": "K"}, "CMD-K"),
 ])
 def test_confirmation_token_matches_the_encoder(kind, params, reply_type):
     encoded = gotop.encode(Command(1, "353327020115804", kind, params), Context())
@@ -370,6 +404,10 @@ def test_replies_to_other_codes_do_not_match():
     encoded = gotop.encode(Command(1, "353327020115804", "engine_stop", {}), Context())
     for reply_type in ("CMD-T0", "CMD-F", "CMD-A1"):
         assert decode(with_type("gotop-001", reply_type)).confirmations[0].token != encoded.token
+    interval = gotop.encode(Command(2, "353327020115804", "set_interval", {"seconds": "30"}),
+                            Context())
+    for reply_type in ("CMD-M2", "CMD-M4"):
+        assert decode(with_type("gotop-001", reply_type)).confirmations[0].token != interval.token
 
 
 def test_error_reply_fails_the_oldest_command():
