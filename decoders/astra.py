@@ -8,7 +8,9 @@ whose CRC checks out with one C{0x06}. The AT402 speaks protocol X: by default
 (C{$MODE,6}) an ASCII C{$ASTRA;...} login line names the IMEI once per session
 and the packets carry none; in C{$MODE,4} every packet has the IMEI after the
 report count. Older units speak K, M, C or V, which carry the IMEI in every
-packet. Command replies (C{$IMOB,OK}) are ASCII lines on the same stream.
+packet. Protocol Y, X's successor, is public only in outline: its reports are
+acked and kept undecoded. Command replies (C{$IMOB,OK}) are ASCII lines on the
+same stream.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
 ACK = b"\x06"
 
 #: Smallest packet per letter: envelope, IMEI where the letter has one, one report.
-#: X without IMEI ($MODE,6) is the shortest X; Y is read only to be refused.
+#: X without IMEI ($MODE,6) is the shortest X; Y has a 27-byte report header.
 MIN_LENGTH = {b"K"[0]: 50, b"M"[0]: 53, b"C"[0]: 45, b"V"[0]: 84, b"X"[0]: 23, b"Y"[0]: 33}
 
 #: Largest packet accepted. Real ones are 50-316 bytes; a bigger cap only
@@ -47,6 +49,8 @@ _LOGIN_LINE = re.compile(
 _LINE_HEAD = re.compile(rb"\$(?:ASTRA;|[A-Z]{4},)")
 _LINE_HEAD_PART = re.compile(rb"\$[A-Z]{0,5}\Z")
 _REPLY_PART = re.compile(rb"\$([A-Z]{4})(?:,([^\r\n$]*))?\Z")
+#: A command's mnemonic, which its reply repeats.
+_MNEMONIC = re.compile(rb"\$([A-Z]{4})")
 # What a command-reply line must look like for detection to claim it on its own
 # (UDP, where each datagram is detected afresh): only ",OK"/",UN" answers.
 _REPLY_LINE = re.compile(rb"(?:\$[A-Z]{4},(?:OK|UN)\r)*\$[A-Z]{4},(?:OK|UN)\r?\n\Z")
@@ -59,6 +63,8 @@ REASONS = (
     "cornering", "deceleration", "gnss_reacquired", "canbus", "carrier", "tamper",
     "towing_end", "serial_device", "low_external_voltage", "sleep", "rollover",
     "motion_while_parked",
+    # Protocol Y's 64 reason bits name one more (spec §5.2.1).
+    "trailer_data",
 )
 
 #: Reason bit -> alarm (spec §0.5). Bit 3 (geofence) depends on the geofence
@@ -91,6 +97,11 @@ MODULE9_SIZES = (8, 12)
 
 X_HEADER = 17
 _X_HEAD = struct.Struct(">B6xIIH")
+
+#: Protocol Y report header: sequence, 80-bit module mask, RTC, 64 reason
+#: bits, 32 status bits (spec §5.5).
+Y_HEADER = 27
+_Y_HEAD = struct.Struct(">B10xIQI")
 
 
 class _Layout(Exception):
@@ -131,7 +142,8 @@ def _ascii(data: bytes) -> str:
 
 
 def _event(reason: int) -> Optional[str]:
-    names = [REASONS[i] for i in range(reason.bit_length()) if reason >> i & 1]
+    names = [REASONS[i] if i < len(REASONS) else f"reason_{i}"
+             for i in range(reason.bit_length()) if reason >> i & 1]
     return ",".join(names) or None
 
 
@@ -349,9 +361,23 @@ X_MODULES = {
 }
 
 
-def _module_size(frame: bytes, bitno: int, off: int, end: int, sizes: dict, m9: int) -> int:
+#: 2000-01-01 in GPS seconds: no real report is older.
+_EARLIEST_RTC = 630_720_000
+
+
+def _dated(frame: bytes, reports) -> bool:
     """
-    The size of module C{bitno} starting at C{off}.
+    Whether the first report of a (partial) X reading has a plausible clock
+    (Astra's own parser tells the modes apart by that report's date too).
+    """
+    return bool(reports) and _u(frame, reports[0][0] + 7, 4) >= _EARLIEST_RTC
+
+
+def _module_size(frame: bytes, bitno: int, off: int, end: int, sizes: dict,
+                 m9: Optional[int]) -> int:
+    """
+    The size of module C{bitno} starting at C{off}; C{m9} is the size module 9
+    is read with, L{None} when no size fits.
 
     @raise _Layout: when the module has no known size or its own length is bad.
     """
@@ -359,7 +385,11 @@ def _module_size(frame: bytes, bitno: int, off: int, end: int, sizes: dict, m9: 
     if size is not None:
         return size
     if bitno == 9:
+        if m9 is None:
+            raise _Layout("module 9 fits the packet with neither 8 nor 12 bytes")
         return m9
+    if bitno not in (44, 45, 47):
+        raise _Layout(f"module {bitno} has no known size")
     if off + 3 > end:
         raise _Layout(f"module {bitno} runs past the packet")
     if bitno == 44:      # u8 count, u16 length of the entries, 4 reserved
@@ -369,12 +399,10 @@ def _module_size(frame: bytes, bitno: int, off: int, end: int, sizes: dict, m9: 
         if size < 6 or (size - 6) % 13:
             raise _Layout(f"module 45 length {size} is not 6 + 13n")
         return size
-    if bitno == 47:      # u16 N, then N bytes
-        return 2 + _u(frame, off, 2)
-    raise _Layout(f"module {bitno} has no known size")
+    return 2 + _u(frame, off, 2)      # 47: u16 N, then N bytes
 
 
-def _x_layout(frame: bytes, start: int, count: int, sizes: dict, m9: int):
+def _x_layout(frame: bytes, start: int, count: int, sizes: dict, m9: Optional[int]):
     """
     Where the reports and their modules sit, from C{start} (after the report
     count, and after the IMEI in C{$MODE,4}).
@@ -414,7 +442,8 @@ def _x_layout(frame: bytes, start: int, count: int, sizes: dict, m9: int):
 @implementer(IPlugin, IDecoder, ICommandEncoder)
 class AstraProtocol:
     """
-    Astra Telematics protocols X (both connection modes) and K, M, C, V.
+    Astra Telematics protocols X (both connection modes), K, M, C, V and,
+    in outline, Y.
     """
 
     name = "astra"
@@ -536,9 +565,7 @@ class AstraProtocol:
         if letter == 0x58:
             return self._decode_x(frame, context)
         if letter == 0x59:
-            # Acking would make the device drop data nobody decoded: leave it
-            # buffered on the device until it is switched to protocol X.
-            raise DecodeError("protocol Y is not supported (set the device to protocol X)")
+            return self._decode_y(frame, context)
         imei = _imei(frame[3:10])
         if imei is None:
             raise DecodeError(f"not an IMEI: {frame[3:10].hex()}")
@@ -574,7 +601,9 @@ class AstraProtocol:
             raise DecodeError("not a command reply or login line")
         text = line.replace(b"\r", b"\n").decode("ascii", "replace")
         success = all(m.group(2) != b"UN" for m in replies)
-        return DecodeResult(confirmations=[Confirmation(token=None, success=success, reply=text)])
+        # The last answer names the command the line closes (see _command).
+        token = replies[-1].group(1).decode("ascii")
+        return DecodeResult(confirmations=[Confirmation(token=token, success=success, reply=text)])
 
     def _decode_x(self, frame, context):
         count = frame[3]
@@ -600,9 +629,16 @@ class AstraProtocol:
                 break
         if chosen is None:
             # Nothing fits: the CRC was good, so ack (the device would resend
-            # it forever) and keep what precedes the problem, saying so.
-            start = 11 if imei and not logged_in else 4
-            reports, end, problem = _x_layout(frame, start, count, sizes, MODULE9_SIZES[0])
+            # it forever) and keep what precedes the problem, saying so. Past
+            # a module 9 of unknown size nothing is aligned (spec §0.6). A
+            # device without login is in $MODE,4, unless only the IMEI-less
+            # reading is dated plausibly (bytes 4-10 may pass Luhn by chance).
+            start = starts[-1]
+            reports, end, problem = _x_layout(frame, start, count, sizes, None)
+            if start == 11 and not _dated(frame, reports):
+                other = _x_layout(frame, 4, count, sizes, None)
+                if _dated(frame, other[0]):
+                    start, (reports, end, problem) = 4, other
             problem = problem or f"modules end at byte {end}, packet at {len(frame) - 2}"
             chosen = start, reports, problem
         start, reports, problem = chosen
@@ -616,6 +652,47 @@ class AstraProtocol:
         return DecodeResult(device_id=imei if start == 11 else context.state.get("imei"),
                             records=records, reply=ACK)
 
+    def _decode_y(self, frame, context):
+        """
+        Protocol Y, of which only the outline is public (spec §5.5): each
+        report's header is decoded, its modules are walked by their own byte
+        counts and kept as hex, so that nothing the ack lets the device drop
+        is lost.
+        """
+        end = len(frame) - 2
+        off = 4
+        records = []
+        problem = None
+        for _ in range(frame[3]):
+            if off + Y_HEADER > end:
+                problem = "report header runs past the packet"
+                break
+            head = off
+            seq, rtc, reason, status = _Y_HEAD.unpack_from(frame, off)
+            mask = int.from_bytes(frame[off + 1:off + 11], "big")
+            off += Y_HEADER
+            modules = []
+            while mask and problem is None:
+                low = mask & -mask
+                mask ^= low
+                size = frame[off] if off < end else 0
+                if size == 0 or off + size > end:
+                    problem = f"module {low.bit_length() - 1} runs past the packet"
+                else:
+                    modules.append(low.bit_length() - 1)
+                    off += size
+            attrs = {"index": seq, "astra.status": status, "astra.modules": modules,
+                     "astra.report_hex": frame[head:off].hex()}
+            records.append(Position(gps_time(rtc), alarm=_alarms(reason, None, False),
+                                    event=_event(reason), attributes=attrs))
+            if problem:
+                break
+        if problem is None and off != end:
+            problem = f"reports end at byte {off}, packet at {end}"
+        if problem:
+            records.append(_undecoded(records, problem, frame))
+        return DecodeResult(device_id=context.state.get("imei"), records=records, reply=ACK)
+
     # -- commands ----------------------------------------------------------
 
     def encode(self, command, context):
@@ -628,7 +705,7 @@ class AstraProtocol:
                 output = str(output)
                 if not (output.isascii() and output.isdigit() and 1 <= int(output) <= 8):
                     raise EncodeError(f"output must be 1-8, got {output!r}")
-                return EncodedCommand(f"$SDIG,{int(output)},{int(on)}".encode("ascii"))
+                return _command(f"$SDIG,{int(output)},{int(on)}".encode("ascii"))
             mode = "0"
             if on:
                 mode = str(params.get("mode", "safe"))
@@ -637,16 +714,16 @@ class AstraProtocol:
                     raise EncodeError(f"engine_stop mode must be safe, immediate or 1-4, got {mode!r}")
             return self._with_pin(f"$IMOB,{mode}", context)
         if kind == "position_request":
-            return EncodedCommand(b"$POLL")
+            return _command(b"$POLL")
         if kind == "reboot":
-            return EncodedCommand(b"$BOOT")
+            return _command(b"$BOOT")
         if kind == "set_interval":
             return self._interval(params, context)
         if kind == "custom":
             data = custom_command_bytes(params)
             if not data:
                 raise EncodeError("custom command is empty")
-            return EncodedCommand(data)
+            return _command(data)
         raise EncodeError(f"astra does not support {kind!r}")
 
     def _interval(self, params, context):
@@ -672,7 +749,21 @@ class AstraProtocol:
             if not (pin.isascii() and pin.isalnum()):
                 raise EncodeError(f"astra.pin must be letters and digits, got {pin!r}")
             text = f"$PASS,{pin}{text}"
-        return EncodedCommand(text.encode("ascii"))
+        return _command(text.encode("ascii"))
+
+
+def _command(data: bytes) -> EncodedCommand:
+    """
+    The device answers each command in C{data} with a line naming its
+    mnemonic (C{$IMOB,3} -> C{$IMOB,OK}), the last answer closing the line:
+    that mnemonic is the token, so a reply that was lost does not let the
+    next command's reply confirm the wrong command. Bytes naming no command
+    get no answer that could be matched to them.
+    """
+    names = _MNEMONIC.findall(data)
+    if not names:
+        return EncodedCommand(data, expects_reply=False)
+    return EncodedCommand(data, token=names[-1].decode("ascii"))
 
 
 # -- protocol X reports -------------------------------------------------------
@@ -691,8 +782,10 @@ def _x_record(frame, head, modules, variant, note):
     device_time = gps_time(rtc)
     attrs["astra.device_time"] = device_time.strftime("%Y-%m-%dT%H:%M:%SZ")
     _status_attrs(attrs, seq, status)
+    attrs["astra.private_mode"] = bit(status, 1)
     attrs["astra.roaming"] = bit(status, 3)
     attrs["astra.immobilised"] = bit(status, 6)
+    attrs["astra.battery_charging"] = bit(status, 10)
     alarms = _alarms(reason, report.geofence, bit(status, 8))
     fix = report.fix
     if fix is None or fix[0] == 0:
@@ -766,13 +859,22 @@ def _k_report(r):
     return _legacy_position(r, 9, 1, 13, r[35], reason, status, r[37], attrs)
 
 
+def _digitals(r, off):
+    """
+    Three digital I/O bytes, "digitals #1" (inputs 1-8) first: the first byte
+    is the least significant of the mask (spec §5.4, M; V, from the same
+    Astra-written decoder, is read the same way).
+    """
+    return int.from_bytes(r[off:off + 3], "little")
+
+
 def _m_size(frame, off):
     return 53 if bit(_u(frame, off + 18, 2), 8) else 41
 
 
 def _m_report(r):
     reason, status = _u(r, 15, 3), _u(r, 18, 2)
-    digitals = _u(r, 20, 3)
+    digitals = _digitals(r, 20)
     attrs = {"astra.digitals": digitals, "din1": bit(digitals, 0), "adc1_v": round(r[23] * 0.02, 2),
              "adc2_v": round(r[24] * 0.059, 3), "battery_level_pct": r[25],
              "power_v": round(r[26] * 0.2, 1)}
@@ -807,7 +909,7 @@ def _v_size(frame, off):
 
 def _v_report(r):
     reason, status = _u(r, 19, 3), _u(r, 22, 2)
-    digitals, adcs = _u(r, 24, 3), _u(r, 27, 3)
+    digitals, adcs = _digitals(r, 24), _u(r, 27, 3)
     attrs = {"astra.device_time": gps_time(_u(r, 1, 4)).strftime("%Y-%m-%dT%H:%M:%SZ"),
              "astra.digitals": digitals, "din1": bit(digitals, 0),
              "adc1_v": round((adcs & 0xFFF) * 5 / 4096, 3), "adc2_v": round((adcs >> 12) * 15 / 4096, 3),

@@ -294,6 +294,24 @@ def test_module_9_size_follows_the_packet(old_firmware):
             assert rec.attributes["astra.alcohol_ugl"] == 400
 
 
+def test_module_9_that_fits_no_size_stops_the_packet_there():
+    # Neither 8 nor 12 bytes consume the packet: what follows module 9 is not
+    # aligned, so it is not decoded (spec §0.6); the packet is still acked.
+    reports = [x_report({1: gnss(1_400_000_000, 10.0, 20.0), 9: bytes(10), 18: bytes(8)}, seq=s)
+               for s in (1, 2)]
+    packet = x_packet(reports)
+    result = decode(packet)
+    assert result.reply == ACK
+    # Bytes 4-10 of this $MODE,6 packet pass as an IMEI (Luhn, 1 in 10); read
+    # so, its report would be dated 1980: the IMEI-less reading is kept.
+    assert luhn_valid("%08d%07d" % (int.from_bytes(packet[4:8], "big"), int.from_bytes(packet[8:11], "big")))
+    assert result.device_id is None
+    (rec,) = result.records
+    assert rec.latitude == pytest.approx(10.0) and rec.attributes["astra.modules"] == [1]
+    assert "module 9 fits the packet with neither" in rec.attributes["astra.undecoded"]
+    assert "1 later report" in rec.attributes["astra.undecoded"]
+
+
 def test_unknown_module_is_acked_and_says_what_was_not_decoded():
     first = x_report({1: gnss(1_400_000_000, 10.0, 20.0), 24: b"\x00\x01\x02"}, seq=7)
     second = x_report({1: gnss(1_400_000_100, 10.0, 20.0)}, seq=8)
@@ -303,6 +321,16 @@ def test_unknown_module_is_acked_and_says_what_was_not_decoded():
     assert rec.latitude == pytest.approx(10.0)
     assert "module 24" in rec.attributes["astra.undecoded"]
     assert "1 later report" in rec.attributes["astra.undecoded"]
+
+
+def test_mode4_packet_with_unknown_module_keeps_its_imei():
+    imei = with_luhn("35732204352384")
+    report = x_report({1: gnss(1_400_000_000, 10.0, 20.0), 24: b"\x00\x01\x02"}, seq=40)
+    result = decode(x_packet([report], imei=imei))
+    assert result.device_id == imei and result.reply == ACK
+    (rec,) = result.records
+    assert rec.latitude == pytest.approx(10.0)
+    assert "module 24 has no known size" in rec.attributes["astra.undecoded"]
 
 
 def test_variable_length_modules_are_walked():
@@ -333,6 +361,20 @@ def test_can_obd_1wire_and_driver_modules():
     assert (a["odometer_m"], a["engine_hours_s"]) == (100_000_000, 36_000)
     assert a["dtcs"] == ["P0301", "P0420"]
     assert (a["mcc"], a["mnc"]) == (234, 15)
+
+
+def test_gnss_extended_and_sensor_modules_beyond_traccars_bits():
+    # Module 43: module 1's fields, then fix %, SVs in view, error, HDOP, jammer
+    # hits, constellations, 4 reserved (spec §5.2.3); module 32: 6 x (type, value).
+    extended = gnss(1_400_000_000, -33.9, 151.2, 50, 180, 40, 25) + bytes([97, 14, 3, 9, 2, 7]) + bytes(4)
+    sensors = (b"\x01" + struct.pack(">h", -1250) + b"\x02" + struct.pack(">H", 4550) + bytes(12))
+    report = x_report({32: sensors, 43: extended, 0: b"\x3c\x10"})
+    (rec,) = decode(x_packet([report, report])).records[1:]
+    assert (rec.latitude, rec.longitude, rec.speed_kmh, rec.course, rec.altitude_m) == (
+        pytest.approx(-33.9), pytest.approx(151.2), 50, 180, 40)
+    a = rec.attributes
+    assert (a["hdop"], a["astra.satellites_in_view"], a["trip_odometer_m"]) == (0.9, 14, 2500)
+    assert (a["astra.sensor1_temp_c"], a["astra.sensor2_humidity_pct"]) == (-12.5, 45.5)
 
 
 def test_geofence_and_jammer_alarms():
@@ -386,18 +428,62 @@ def test_mode6_login_is_supported():
     assert transport.value() == ACK
 
 
+# -- protocol Y (outline only, spec §5.5) ---------------------------------------------------
+
+def y_report(modules, seq=1, rtc=1_400_000_000, reason=1, status=0):
+    """A Y report: 27-byte header, each module led by its byte count (counting itself)."""
+    mask = sum(1 << b for b in modules)
+    body = b"".join(bytes([len(modules[b]) + 1]) + modules[b] for b in sorted(modules))
+    return (bytes([seq]) + mask.to_bytes(10, "big") + struct.pack(">IQI", rtc, reason, status) + body)
+
+
+def test_y_packet_is_acked_and_its_reports_kept():
+    first = y_report({0: b"\x00\x7a\x50", 1: bytes(21), 70: b"\xaa"}, seq=4, reason=(1 << 32) | (1 << 4))
+    second = y_report({}, seq=5, rtc=1_400_000_060)
+    context = Context(lookup=lambda _: {})
+    astra.decode(LOGIN.replace(b";X;", b";Y;"), context)
+    result = astra.decode(envelope(b"Y", bytes([2]) + first + second), context)
+    # Every packet with a good CRC is acked, Y included (spec §6).
+    assert result.reply == ACK and result.device_id == "860873045366969"
+    a, b = result.records
+    assert (a.time, b.time) == (at(1_400_000_000), at(1_400_000_060))
+    assert a.latitude is None and a.valid is False
+    assert a.event == "panic,trailer_data" and a.alarm == ("sos",)
+    assert a.attributes["astra.modules"] == [0, 1, 70] and a.attributes["index"] == 4
+    assert bytes.fromhex(a.attributes["astra.report_hex"]) == first
+    assert "astra.undecoded" not in a.attributes and "astra.undecoded" not in b.attributes
+
+
+def test_y_module_past_the_packet_is_acked_and_noted():
+    report = y_report({0: b"\x00\x7a\x50"})
+    packet = envelope(b"Y", b"\x01" + report[:27] + b"\x09" + report[28:])
+    (rec,) = decode(packet).records
+    assert decode(packet).reply == ACK
+    assert "module 0 runs past the packet" in rec.attributes["astra.undecoded"]
+
+
+def test_y_packet_acked_on_a_tcp_session():
+    hub, protocol, transport = tcp()
+    protocol.dataReceived(LOGIN.replace(b";X;", b";Y;"))
+    protocol.dataReceived(envelope(b"Y", b"\x01" + y_report({0: b"\x00\x7a\x50"})))
+    assert transport.value() == ACK * 2 and hub.errors == []
+    assert [d for d, _ in records(hub)] == ["860873045366969"]
+
+
 # -- protocols M, C, V --------------------------------------------------------------------
 
 def test_m_packet():
     imei = with_luhn("86295002579753")
     r = (struct.pack(">BiiIBB", 5, 52_000_000, -1_500_000, 1_100_000_000, 20, 90) + (1 << 15).to_bytes(3, "big")
-         + struct.pack(">H", 1) + b"\x00\x00\x01" + bytes([100, 200, 80, 70, 25]) + bytes(6)
+         + struct.pack(">H", 1) + b"\x01\x00\x80" + bytes([100, 200, 80, 70, 25]) + bytes(6)
          + struct.pack(">HH", 15, 0) + bytes([2, 0x97, 0]))
     (rec,) = decode(envelope(b"M", imei_field(imei) + r)).records
     assert (rec.latitude, rec.speed_kmh, rec.course, rec.altitude_m) == (52.0, 40, 180, 40)
     a = rec.attributes
     assert (a["adc1_v"], a["adc2_v"], a["power_v"], a["satellites"]) == (2.0, 11.8, 14.0, 7)
     assert rec.alarm == ("overspeed",) and a["ignition"] is True
+    # Byte 20 is "digitals #1", the least significant of the three (spec §5.4).
+    assert a["din1"] is True and a["astra.digitals"] == 0x800001
 
 
 def test_c_packet():
@@ -463,7 +549,23 @@ def encode(kind, settings_=None, **params):
 def test_encoder_bytes(kind, params, hexbytes):
     encoded = encode(kind, **params)
     assert encoded.data.hex() == hexbytes
-    assert encoded.token is None and encoded.expects_reply
+    # The device echoes the (last) command's mnemonic in its reply (spec §7).
+    assert encoded.token == bytes.fromhex(hexbytes).rsplit(b"$", 1)[1][:4].decode()
+    assert encoded.expects_reply
+
+
+def test_custom_bytes_naming_no_command_expect_no_reply():
+    encoded = encode("custom", text="hello")
+    assert encoded.token is None and not encoded.expects_reply
+
+
+def test_a_lost_reply_does_not_confirm_the_wrong_command():
+    # $IMOB,3 went unanswered; the $POLL,OK that follows answers $POLL only.
+    stop, poll = encode("engine_stop"), encode("position_request")
+    (reply,) = decode(b"$POLL,OK\r\n").confirmations
+    assert reply.token == poll.token == "POLL" != stop.token
+    (reply,) = decode(b"$PASS,OK\r$IMOB,OK\r\n").confirmations
+    assert reply.token == encode("engine_stop", {"astra.pin": "1234"}).token == "IMOB"
 
 
 def test_pin_precedes_configuration_commands_only():
@@ -493,7 +595,8 @@ def test_command_replies(line, success, reply):
     result = decode(line)
     assert result.records == () and result.reply == b""
     (confirmation,) = result.confirmations
-    assert (confirmation.token, confirmation.success, confirmation.reply) == (None, success, reply)
+    token = reply.rsplit("$", 1)[1][:4]
+    assert (confirmation.token, confirmation.success, confirmation.reply) == (token, success, reply)
 
 
 @pytest.mark.parametrize("line", [b"$HELLO\r\n", b"$ASTRA;AT402;123;;1;X;1\r\n", b"$IMOB,OK$\r\n"])
@@ -504,7 +607,8 @@ def test_bad_lines_raise_decode_error(line):
 
 # -- robustness ---------------------------------------------------------------------------
 
-REAL = [frame_of(i) for i in sorted(BY_ID)] + [LOGIN, b"$IMOB,OK\r\n"]
+REAL = [frame_of(i) for i in sorted(BY_ID)] + [LOGIN, b"$IMOB,OK\r\n",
+                                                envelope(b"Y", b"\x01" + y_report({0: b"\x00\x7a\x50"}))]
 
 
 @st.composite
