@@ -296,6 +296,8 @@ class _Record:
                  "altitude", "alarms", "attributes")
 
     def __init__(self):
+        self.gps = self.rtc = self.lat = self.lon = None
+        self.course = self.report = self.hdop = self.speed = None
         self.altitude = None
         self.alarms: List[str] = []
         self.attributes = {}
@@ -362,7 +364,8 @@ class _Record:
                 self.alarms.append(_HARSH[name])
         elif name in _VENDOR_NAMES:
             if isinstance(value, bytes):
-                value = value.hex()
+                # As an ASCII report writes it.
+                value = value.hex().upper()
             elif name in ("CM", "ME"):
                 value = str(value)
             a[_VENDOR_NAMES[name]] = value
@@ -455,42 +458,53 @@ def _binary_custom(data: bytes, at: int, record: _Record, configured, cell_size:
     record starts with it, names the fields that follow.
 
     @param partial: stop quietly before the first field whose size is not
-        certain (the record is then the only one read from the frame).
+        certain or that does not fit (the record is then the only one read
+        from the frame), and return where reading stopped.
     """
     tokens = configured
     if data.startswith(b"%CI", at):
-        form, at = _cstring(data, at)
+        try:
+            form, at = _cstring(data, at)
+        except DecodeError:
+            if partial:
+                return at
+            raise
         tokens = _tokens(form)[1:]
     for name, index in tokens or ():
-        if partial and (name == "CE" or not _known_size(name)):
+        if partial and name == "CE":
             break
-        value, at = _binary_value(data, at, name, cell_size)
+        try:
+            value, after = _binary_value(data, at, name, cell_size)
+        except _MISFIT:
+            if partial:
+                break
+            raise
         record.custom(name, index, value)
+        at = after
     return at
 
 
-def _known_size(name: str) -> bool:
-    return name in _U8 or name in _U16 or name in _U32 or name in _U64 \
-        or name in _STRINGS or name in _BLOBS or name in ("CE", "ET")
-
-
-def _binary_time_size(data: bytes, at: int, configured: Optional[str]) -> int:
+def _binary_time_sizes(data: bytes, at: int, configured: Optional[str]) -> Tuple[int, ...]:
     """
-    4 (Unix seconds) or 7 (C{YYYY MM DD hh mm ss}) bytes per time field.
+    The sizes of a time field worth trying, best first: 4 (Unix seconds) or 7
+    (C{YYYY MM DD hh mm ss}) bytes.
 
-    A readable year starts 07 D0..08 33 and a Unix time 38..7E, so the first
-    field tells, except when it is zero (never fixed): then the configured
-    format, else the RTC field that follows it.
+    A readable year starts 07 D0..08 33 and a Unix time 38..7E, so a GPS time
+    tells. A zero one (never fixed) does not: then the configured format
+    (spec 0.6), then the RTC field's guess, then the other size; the exact fit
+    of the records decides.
     """
     if len(data) < at + 9:
-        return 4
+        return (4,)
     if 0x07D0 <= _u16(data, at) <= 0x0833:
-        return 7
+        return (7,)
     if any(data[at:at + 4]):
-        return 4
+        return (4,)
+    guess = 7 if 0x07D0 <= _u16(data, at + 7) <= 0x0833 else 4
+    sizes = [guess, 4 if guess == 7 else 7]
     if configured in ("0", "1"):
-        return 7 if configured == "1" else 4
-    return 7 if 0x07D0 <= _u16(data, at + 7) <= 0x0833 else 4
+        sizes.insert(0, 7 if configured == "1" else 4)
+    return tuple(dict.fromkeys(sizes))
 
 
 def _binary_records(data: bytes, at: int, time_size: int, configured,
@@ -781,8 +795,9 @@ class ATrackProtocol:
         if prefix == b"@R" and self._is_photo(frame):
             return self._photo(frame, unit, ack, context)
         configured, time_format = self._configured(context, str(unit))
-        time_size = _binary_time_size(frame, HEADER.size, time_format)
-        records, guessed = self._binary_layout(frame, time_size, configured)
+        time_sizes = _binary_time_sizes(frame, HEADER.size, time_format)
+        cell_size = context.setting("atrack.cell_id_size", device_id=str(unit))
+        records, guessed = self._binary_layout(frame, time_sizes, configured, cell_size)
         alarm_map = _alarm_map(context, str(unit))
         positions = []
         for record in records:
@@ -792,34 +807,48 @@ class ATrackProtocol:
         return self._result(str(unit), positions, ack)
 
     @staticmethod
-    def _binary_layout(frame: bytes, time_size: int, configured) -> Tuple[List[_Record], bool]:
+    def _binary_layout(frame: bytes, time_sizes: Sequence[int], configured,
+                       cell_size: Optional[str]) -> Tuple[List[_Record], bool]:
         """
         The records of a binary report and whether their custom info is
         unknown.
 
         A layout is right when the records end exactly at the frame's end.
-        Tried in order: the in-band or configured format (cell id as U32, then
-        the older U16); no custom info at all; and, failing all, the first
-        record alone with what of its custom info is certain (spec 0.5).
+        Tried in order, for each time size: the in-band or configured format
+        (cell id as the C{atrack.cell_id_size} setting says, else U32 then the
+        older U16); no custom info at all. Failing all, the first record alone
+        with what of its custom info is certain, and the bytes after that kept
+        raw (spec 0.5 and 6.4).
         """
         start = HEADER.size
-        cell_sizes = (4, 2) if b"%CE" in frame or ("CE", "") in (configured or ()) else (4,)
-        for cell_size in cell_sizes:
-            try:
-                return _binary_records(frame, start, time_size, configured, cell_size), False
-            except _MISFIT:
-                pass
-        if configured:
-            try:
-                return _binary_records(frame, start, time_size, (), 4), False
-            except _MISFIT:
-                pass
-        record, at = _binary_standard(frame, start, time_size)
+        if cell_size in ("2", "4"):
+            cell_sizes = (int(cell_size),)
+        elif b"%CE" in frame or ("CE", "") in (configured or ()):
+            cell_sizes = (4, 2)
+        else:
+            cell_sizes = (4,)
+        for time_size in time_sizes:
+            for size in cell_sizes:
+                try:
+                    return _binary_records(frame, start, time_size, configured, size), False
+                except _MISFIT:
+                    pass
+            if configured:
+                try:
+                    return _binary_records(frame, start, time_size, (), 4), False
+                except _MISFIT:
+                    pass
         try:
-            # Only an in-band %CI describes this record for certain.
-            _binary_custom(frame, at, record, None, 4, partial=True)
+            record, at = _binary_standard(frame, start, time_sizes[0])
         except _MISFIT:
-            pass
+            # The CRC vouches for the frame, the ack stops the device resending
+            # it: keep it raw rather than lose it.
+            record, at = _Record(), start
+        else:
+            # Only an in-band %CI describes this record for certain.
+            at = _binary_custom(frame, at, record, None, 4, partial=True)
+        if at < len(frame):
+            record.attributes["atrack.undecoded_hex"] = frame[at:].hex()
         return [record], True
 
     @staticmethod

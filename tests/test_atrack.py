@@ -7,6 +7,7 @@ robustness, and the places where Traccar decodes wrongly.
 import base64
 import functools
 import struct
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -280,10 +281,34 @@ def test_cell_id_size_follows_the_frame():
     assert new.altitude_m == 253 and new.attributes["vin"] == "2T1KR32E28C706185"
 
 
+def test_cell_id_size_setting_settles_what_the_exact_fit_cannot():
+    # With a string after %CE, a U16 cell id read as U32 shifts the fields up
+    # to the string's NUL and still ends at the frame's end: 015 (old
+    # firmware, U16) with a VIN in %VN fits both ways (notes: make the size
+    # configurable).
+    frame = frame_of("atrack-015")
+    body = frame[16:]
+    vin_at = body.index(b"\x00\x9e\x00\x00\x02\x00") + 6  # after %AT %RP %GS %DT
+    with_vin = binary(b"@P", 0x1A, 352964050784041,
+                      body[:vin_at] + b"WDB9634031L123456" + body[vin_at:])
+    settings = {"atrack.format": FORM_015}
+    assert decode(with_vin, settings).records[0].altitude_m != 158  # U32 fits, wrongly
+    record = decode(with_vin, dict(settings, **{"atrack.cell_id_size": "2"})).records[0]
+    assert record.altitude_m == 158 and record.attributes["satellites"] == 7
+    assert record.attributes["vin"] == "WDB9634031L123456"
+    assert record.attributes["coolant_temp_c"] == -40
+    new = decode(frame_of("atrack-013"), {"atrack.cell_id_size": "4"}).records[0]
+    assert new.altitude_m == 253 and new.attributes["mcc"] == 310
+
+
 def test_unknown_custom_info_gives_the_first_record_and_still_acks():
     result = decode(frame_of("atrack-017"))
     assert len(result.records) == 1
     assert result.records[0].attributes["atrack.custom_unknown"] is True
+    # Nothing is lost: the bytes after the first record's standard fields
+    # (41 bytes: three times, 23 fixed, empty driver id, temperatures, empty
+    # text) are kept as sent.
+    assert result.records[0].attributes["atrack.undecoded_hex"] == frame_of("atrack-017")[57:].hex()
     assert result.reply == b"\xfe\x02" + frame_of("atrack-017")[8:16] + frame_of("atrack-017")[6:8]
 
 
@@ -307,6 +332,19 @@ def test_binary_unknown_token_keeps_what_is_certain():
     result = decode(binary(b"@P", 7, 357543057991638, payload))
     attrs = result.records[0].attributes
     assert attrs["satellites"] == 9 and attrs["atrack.custom_unknown"] is True
+    assert attrs["atrack.undecoded_hex"] == "010203"
+
+
+def test_crc_valid_frame_without_a_readable_record_is_acked_and_kept_raw():
+    # The CRC proves the unit sent it (spec 9: impact data, "ACK and store
+    # raw"); without the ack the unit would resend it and reset its modem.
+    payload = bytes(range(1, 30))
+    frame = binary(b"@P", 9, 352964052096642, payload)
+    result = decode(frame)
+    [record] = result.records
+    assert record.latitude is None and record.time is None
+    assert record.attributes["atrack.undecoded_hex"] == payload.hex()
+    assert result.reply == b"\xfe\x02" + frame[8:16] + frame[6:8]
 
 
 def test_form_reply_teaches_the_format_for_the_session_and_the_device():
@@ -346,6 +384,60 @@ def test_readable_time_binary_with_never_fixed_gps():
     assert record.latitude is None and record.valid is False
     assert record.time.isoformat() == "2020-04-01T07:59:31+00:00"
     assert record.speed_kmh == 11 and record.attributes["odometer_m"] == 416400
+
+
+def readable(seconds: int) -> bytes:
+    t = datetime.fromtimestamp(seconds, timezone.utc)
+    return struct.pack(">HBBBBB", t.year, t.month, t.day, t.hour, t.minute, t.second)
+
+
+def test_readable_time_binary_decodes_like_unix_time():
+    # Spec 5.2: the same record with 7-byte times (AT$FORM time format 1),
+    # under a prefix that is not '@' (atrack-007 uses 0x0203).
+    frame = frame_of("atrack-009")  # two records with in-band %CI
+    unix = decode(frame).records
+    body, at = b"", 16
+    for _ in unix:
+        times = struct.unpack_from(">III", frame, at)
+        end = frame.index(b"%CI", at)
+        # %CI%SA%MV%BV%GQ%AT: the form, then 1 + 2 + 2 + 1 + 4 bytes.
+        end = frame.index(b"\x00", end) + 1 + 10
+        body += b"".join(readable(t) for t in times) + frame[at + 12:end]
+        at = end
+    assert at == len(frame)
+    converted = decode(binary(b"\x02\x03", 5, 357543057991638, body)).records
+    assert [r.to_json() for r in converted] == [r.to_json() for r in unix]
+
+
+def test_never_fixed_readable_time_with_zero_rtc_is_found_by_the_exact_fit():
+    # GPS and RTC both zero leave only the send time: readable it is, since
+    # only 7-byte times make the records end at the frame's end.
+    base = frame_of("atrack-004")[16:]
+    payload = b"\x00" * 14 + readable(1381944669) + base[12:]
+    frame = binary(b"@P", 4, 352964052096642, payload)
+    for settings in ({}, {"atrack.time_format": "1"}):
+        [record] = decode(frame, settings).records
+        assert "atrack.custom_unknown" not in record.attributes
+        assert record.latitude is None and record.time is None
+        assert record.speed_kmh == 11 and record.attributes["odometer_m"] == 416400
+
+
+def test_a_stale_time_format_setting_does_not_cost_the_records():
+    # A non-zero GPS time says which format the unit uses now.
+    frame = frame_of("atrack-004")
+    assert [r.to_json() for r in decode(frame, {"atrack.time_format": "1"}).records] == \
+        [r.to_json() for r in decode(frame).records]
+
+
+def test_ascii_decimal_degree_coordinates_are_read_as_degrees():
+    # notes.md, Traccar issue #411: a legacy firmware prints degrees.
+    original = frame_of("atrack-033")
+    after_length = original[original.index(b",", 8):].replace(
+        b"30550901,30375463", b"-4.551878,36.737155")
+    body = b"," + str(len(after_length)).encode() + after_length
+    record = decode(b"@p," + b"%04X" % crc16_arc(body) + body).records[0]
+    assert (record.longitude, record.latitude) == (-4.551878, 36.737155)
+    assert record.time.isoformat() == "2015-02-04T08:29:03+00:00"
 
 
 def test_alarm_map_setting_and_fixed_jamming_id():
