@@ -14,6 +14,10 @@ modem answers AT commands with a command-type-5 message.
     id (IMEI) right-justified in 22, configured fields and an NMEA C{GPRMC}
     sentence; keep-alives.
 
+A binary report without its mask (the TT8750 "compressed" layout) cannot be
+decoded: it is recognised as C{skypatrol} on API number 5, where Traccar's
+skypatrol decoder takes binary reports, and as C{enfora} otherwise.
+
 Reference: C{shared/protocols/skypatrol/spec.md}. The device expects no reply,
 unless it runs an output event that asks for a UDP acknowledgement
 (per-device settings C{skypatrol.udp_ack}, C{enfora.udp_ack}).
@@ -44,6 +48,11 @@ _AT_COMMAND = 0x04
 _AT_RESPONSE = 0x05
 _TCP_REPORT = 0x08
 
+#: Option header sizes a 5-byte header carries: the report mask, the identity.
+_OPTION_SIZES = (4, 17)
+#: The API number Traccar's skypatrol decoder takes binary reports on (spec §4.1).
+_BINARY_API = 0x0005
+
 
 def _u(data: bytes) -> int:
     return int.from_bytes(data, "big")
@@ -71,8 +80,10 @@ class _Message:
         self.api, self.command = _u(data[0:2]), data[2]
         if self.api > 0xFF or self.command not in (_REPORT, _AT_RESPONSE, _TCP_REPORT):
             raise DecodeError("not an Enfora API header")
-        if data[3] == 0 and (len(data) == 4 or 0x20 <= data[4] < 0x7F or data[4] in (0x0D, 0x0A)):
-            # 4-byte header (TT8750): a text payload starts right away.
+        if data[3] == 0 and not (len(data) > 4 and data[4] in _OPTION_SIZES and len(data) >= 5 + data[4]):
+            # 4-byte header (TT8750): its option size is 0 and the payload,
+            # text or binary, starts right away. A 5-byte header of message
+            # type 0 is told apart by an option size it uses (spec §3).
             self.message_type, self.options, self.payload = None, b"", data[4:]
             return
         if len(data) < 5 or data[3] >> 4 > 1:
@@ -242,6 +253,15 @@ def _mask(message: _Message, context):
     return None, payload
 
 
+def _maskless_binary(message: _Message) -> bool:
+    """
+    A binary report that does not carry its mask (the TT8750 "compressed"
+    layout, or a TT8750+ without mask bit 27): recognised, not decodable
+    without the device's configuration.
+    """
+    return not _printable(message.payload) and _mask(message, None)[0] is None
+
+
 def _coordinate(raw: int) -> float:
     # DDDMM.MMMM x 10^4; "negative" values count down from 0xFFFFFFFF.
     negative = raw > 0x7FFFFFFF
@@ -280,9 +300,10 @@ def _binary_report(payload: bytes, mask: int):
             device_id = f[index].decode("ascii", "replace").strip(" \x00") or None
     date, clock = f.get(8), f.get(14)
     time = None
-    if date and clock:
+    # An all-zero date is a GPS that has not had a fix yet: no time, not an error.
+    if date and clock and any(date):
         time = utc(date[2], date[1], date[0], clock[0], clock[1], clock[2])
-    if 22 in f:
+    if 22 in f and any(f[22]):
         rtc = f[22]
         stamp = utc(rtc[0], rtc[1], rtc[2], rtc[3], rtc[4], rtc[5])
         a["skypatrol.rtc"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -338,7 +359,7 @@ class SkypatrolProtocol(_EnforaApi):
         message = _leading_message(head, transport, smallest=8)
         if not isinstance(message, _Message):
             return message
-        if message.message_type is None or message.command not in (_REPORT, _TCP_REPORT):
+        if message.command not in (_REPORT, _TCP_REPORT):
             return Verdict.no()
         mask, fields = _mask(message, None)
         if mask is not None:
@@ -347,11 +368,12 @@ class SkypatrolProtocol(_EnforaApi):
             if bit(mask, 0) and len(fields) >= size and not fields[size:].strip(b"\x00"):
                 return Verdict.match(85)
             return Verdict.no()
-        if _printable(message.payload):
-            # Text payloads (GPRMC reports, keep-alives) are enfora's.
-            return Verdict.no()
-        # A report without its mask (older TT8750): recognised, undecodable.
-        return Verdict.match(30)
+        if _maskless_binary(message) and message.api == _BINARY_API:
+            # Recognised, undecodable. Other API numbers are enfora's, as in
+            # Traccar, whose skypatrol decoder takes binary on API 5 only;
+            # text payloads (GPRMC reports, keep-alives) are enfora's too.
+            return Verdict.match(30)
+        return Verdict.no()
 
     def decode(self, frame, context):
         message = _message(frame, context.transport)
@@ -362,7 +384,9 @@ class SkypatrolProtocol(_EnforaApi):
         mask, fields = _mask(message, context)
         if mask is None and _printable(message.payload):
             raise DecodeError("text payload: an Enfora ASCII message, not a binary report")
-        if mask is not None and bit(mask, 0):
+        if mask is not None and bit(mask, 0) and message.message_type is not None:
+            # Only the 5-byte header's reports follow this field table; the
+            # 4-byte header's "compressed" layout differs (spec §4.1).
             unit, position = _binary_report(fields, mask)
             device_id = device_id or unit
             # Keep-alives (message type 0) and status-only masks carry no fix.
@@ -391,7 +415,8 @@ class SkypatrolProtocol(_EnforaApi):
 _IMEI = re.compile(rb"(?<!\d)\d{15}")
 _RMC = re.compile(
     rb"\$?(GPRMC,(\d{6})(?:\.\d+)?,([^,]?),([\d.]*),([NS]?),([\d.]*),([EW]?),"
-    rb"([\d.]*),([\d.]*),(\d{6}),[^*\r\n]*)(?:\*([0-9A-Fa-f]{2}))?")
+    rb"([\d.]*),([\d.]*),(\d{6})(?:,[^*\r\n]*)?)(?:\*([0-9A-Fa-f]{2}))?")
+_GGA_SENTENCE = re.compile(rb"\$?GPGGA,[^\r\n]*")
 _GGA = re.compile(rb"GPGGA,[\d.]*,[\d.]*,[NS]?,[\d.]*,[EW]?,(\d?),(\d*),([\d.]*),(-?[\d.]*),")
 
 
@@ -410,7 +435,8 @@ def _ascii_report(payload: bytes) -> Position:
         latitude = hemisphere(nmea_degrees(lat), ns)
         longitude = hemisphere(nmea_degrees(lon), ew)
         check_coordinates(latitude, longitude)
-    head = payload[:rmc.start()].decode("ascii").split()
+    # A GPGGA sentence before the GPRMC is read below, not a configured field.
+    head = _GGA_SENTENCE.sub(b"", payload[:rmc.start()]).decode("ascii").split()
     attributes = {}
     if len(head) > 2:
         # Fields the AT$EVENT configuration puts before the sentence.
@@ -464,7 +490,14 @@ class EnforaProtocol(_EnforaApi):
         if not isinstance(message, _Message):
             return message
         payload = message.payload
-        if not _printable(payload) or not payload.strip(b" \r\n\x00"):
+        if not _printable(payload):
+            if _maskless_binary(message) and message.api != _BINARY_API and \
+                    message.command in (_REPORT, _TCP_REPORT):
+                # A binary report without its mask on an API number Traccar's
+                # skypatrol decoder does not take: recognised, undecodable.
+                return Verdict.match(30)
+            return Verdict.no()
+        if not payload.strip(b" \r\n\x00"):
             return Verdict.no()
         if len(message.options) == 4 and message.options[3] & 1:
             # A report mask with the binary flag: a SkyPatrol binary report.
@@ -481,10 +514,14 @@ class EnforaProtocol(_EnforaApi):
         message = _message(frame, context.transport)
         if message.command == _AT_RESPONSE:
             return DecodeResult(confirmations=[_at_reply(message.payload)])
-        if not _printable(message.payload):
-            raise DecodeError("binary payload: a SkyPatrol masked report, not an Enfora ASCII one")
         device_id = _device_id(message)
-        records = [_ascii_report(message.payload)] if _RMC.search(message.payload) else []
+        if not _printable(message.payload):
+            if not _maskless_binary(message):
+                raise DecodeError("binary payload: a SkyPatrol masked report, not an Enfora ASCII one")
+            # Its layout is configured in the device, not sent: no record.
+            records = []
+        else:
+            records = [_ascii_report(message.payload)] if _RMC.search(message.payload) else []
         reply = _udp_reply(context, "enfora.udp_ack", device_id)
         return DecodeResult(device_id=device_id, records=records, reply=reply)
 

@@ -220,15 +220,19 @@ class _Record:
                         altitude_m=self.altitude, event=self.event, attributes=self.attributes)
 
     def fix(self, valid: bool, latitude, longitude):
-        self.valid = valid
-        # GPS:V;0;N0.000000;E0.000000 is "never had a fix", not a place (§0.2).
+        # GPS:V;0;N0.000000;E0.000000 is "never had a fix", not a place (§0.2):
+        # no coordinates, and never a valid fix whatever the flag says.
         if latitude is None or longitude is None or (latitude == 0 and longitude == 0):
+            self.valid = False
             return
         check_coordinates(latitude, longitude)
+        self.valid = valid
         self.latitude, self.longitude = latitude, longitude
 
     def io(self, value: int):
-        # Traccar's I/O bit list: 0 ACC, 1-4 inputs, 5-7 outputs.
+        # Traccar's I/O bit list: 0 ACC, 1-4 inputs, 5-7 outputs; the raw
+        # value too, as the device prints it, since the vendor's list is unknown.
+        self.attributes["gosafe.io_status"] = f"{value:X}"
         self.attributes["ignition"] = bit(value, 0)
         self.attributes["inputs"] = bits(value, 1, 4)
         self.attributes["outputs"] = bits(value, 5, 3)
@@ -238,7 +242,8 @@ def _gps(record: _Record, items):
     items += [""] * (9 - len(items))
     flag, satellites, lat, lon, speed, course, altitude, hdop, vdop = items[:9]
     record.fix(flag == "A", _coordinate(lat) if lat else None, _coordinate(lon) if lon else None)
-    record.attributes["satellites"] = _number(satellites, int)
+    if satellites:
+        record.attributes["satellites"] = _number(satellites, int)
     record.speed = _number(speed)
     record.course = _number(course)
     record.altitude = _number(altitude)
@@ -273,21 +278,28 @@ def _cot(record: _Record, items):
         record.attributes["engine_hours_s"] = _engine_seconds(items[1])
 
 
+def _adc_name(channel: int) -> str:
+    # Channels past the four named ones continue the adc<N>_v numbering.
+    return _ADC_NAMES[channel] if channel < len(_ADC_NAMES) else f"adc{channel - 1}_v"
+
+
 def _adc(record: _Record, items):
-    for name, value in zip(_ADC_NAMES, items):
+    for channel, value in enumerate(items):
         if value:
-            record.attributes[name] = _number(value)
+            record.attributes[_adc_name(channel)] = _number(value)
 
 
 def _dtt(record: _Record, items):
     items += [""] * (6 - len(items))
     status, io, fence_low, fence_high, event_status, packet = items[:6]
     a = record.attributes
-    if _hex(status) is not None:
+    if status.strip():
         a["gosafe.device_status"] = status.strip().upper()
-    io = _hex(io)
-    if io is not None:
-        record.io(io)
+    io = io.strip()
+    if io and set(io) <= _HEX:
+        record.io(int(io, 16))
+    elif io:
+        a["gosafe.io_status"] = io
     for name, value in (("gosafe.geofence_low", fence_low), ("gosafe.geofence_high", fence_high),
                         ("gosafe.event_status", event_status), ("gosafe.packet_type", packet)):
         if value:
@@ -312,9 +324,12 @@ def _iwd(record: _Record, items):
 
 
 def _obd_text(record: _Record, items):
-    text = ";".join(items).strip()
+    text = "".join(item.strip() for item in items)
     if len(text) % 2 or not set(text) <= _HEX:
-        raise DecodeError(f"OBD block is not hex: {text!r}")
+        # Not a J1979 hex dump (firmware we have not seen): kept raw, it must
+        # not cost the record its position.
+        record.attributes["gosafe.obd"] = ";".join(items)
+        return
     _obd(record, bytes.fromhex(text))
 
 
@@ -570,8 +585,7 @@ def _binary_adc(record: _Record, data: bytes):
         word = _u(data[j:j + 2])
         channel = word >> 12
         volts = round((word & 0x0FFF) * 110 / 4096 - 10, 2)
-        name = _ADC_NAMES[channel] if channel < len(_ADC_NAMES) else f"adc{channel - 1}_v"
-        record.attributes[name] = volts
+        record.attributes[_adc_name(channel)] = volts
 
 
 _BINARY_BLOCKS = {

@@ -83,6 +83,16 @@ def test_status_other_than_a_keeps_the_record():
     assert record.latitude == pytest.approx(35.164343, abs=1e-5)
 
 
+def test_gprmc_ending_at_the_date():
+    # Magnetic variation and mode fields left out: the sentence still decodes.
+    message = message_of("enfora-009")
+    cut = message[:message.index(b",020612,") + 7] + b"\r\n"
+    record = decode(cut).records[0]
+    assert record.time.isoformat() == "2012-06-02T22:31:52+00:00"
+    assert record.latitude == pytest.approx(35.164343, abs=1e-5)
+    assert record.longitude == pytest.approx(33.379065, abs=1e-5)
+
+
 def test_configured_fields_kept():
     record = decode(message_of("enfora-014")).records[0]
     assert record.event == "10"
@@ -95,6 +105,7 @@ def test_gpgga_adds_altitude_and_satellites():
     record = decode(message).records[0]
     assert record.altitude_m == 123.4
     assert record.attributes["satellites"] == 7 and record.attributes["hdop"] == 1.2
+    assert record.event == "8" and record.attributes["enfora.fields"] == "13"
 
 
 def test_identity_option_header():
@@ -130,11 +141,24 @@ def test_at_reply_is_a_confirmation():
     assert device == "123456789012345" and confirmation.reply == "Enfora, Inc."
 
 
-def test_binary_payload_is_not_enfora():
-    binary = bytes.fromhex(BY_ID["enfora-006"]["frames_hex"][0])[:4] + bytes(range(1, 40))
-    assert not enfora.detect(binary, "udp").matched
+def test_maskless_binary_report_is_recognised_without_a_record():
+    # A TT8750 "compressed" binary report behind the 4-byte header: its layout
+    # is configured in the device (spec §4.1, §0.1). On API 5 it is skypatrol's
+    # (Traccar's skypatrol decoder takes binary there only), on others enfora's.
+    compressed = bytes.fromhex(BY_ID["enfora-006"]["frames_hex"][0])[:4] + bytes(range(1, 40))
+    assert enfora.detect(compressed, "udp").matched
+    assert enfora.detect(tcp(compressed), "tcp").matched
+    result = decode(compressed)
+    assert result.records == () and result.device_id is None
+    on_api_5 = b"\x00\x05" + compressed[2:]
+    assert not enfora.detect(on_api_5, "udp").matched
+
+
+def test_masked_binary_payload_is_not_enfora():
+    masked = bytes.fromhex("0004021004ffffffff") + bytes(range(1, 40))
+    assert not enfora.detect(masked, "udp").matched
     with pytest.raises(DecodeError):
-        decode(binary)
+        decode(masked)
 
 
 def test_masked_binary_message_with_printable_bytes_is_not_enfora():

@@ -155,6 +155,13 @@ def test_no_fix_is_no_position():
     assert len(record.attributes["gosafe.neighbours"]) == 6
 
 
+def test_zero_coordinates_are_never_a_valid_fix():
+    # §0.2 whatever the flag: a 0/0 position is "no fix", not a place.
+    text = frame_of("gosafe-027").replace(b"GPS:V;0;", b"GPS:A;0;")
+    record = decode(text, "udp").records[0]
+    assert record.valid is False and record.latitude is None
+
+
 def test_invalid_fix_keeps_last_known_place():
     record = decode(frame_of("gosafe-018")).records[0]
     assert record.valid is False
@@ -198,6 +205,47 @@ def test_driver_id_and_unknown_blocks_kept():
 def test_untagged_fields_are_kept_raw():
     a = decode(b"*GS06,351535059439208,070034220815,1C,COT:5,XYZ,42#").records[0].attributes
     assert a["odometer_m"] == 5 and a["gosafe.fields"] == "XYZ,42"
+
+
+def test_io_status_kept_as_the_device_prints_it():
+    # The vendor's I/O bit list is unknown beyond Traccar's: keep the raw value.
+    a = decode(frame_of("gosafe-008")).records[0].attributes
+    assert a["gosafe.io_status"] == "E1" and a["ignition"] is True
+    a = decode(frame_of("gosafe-041")).records[0].attributes
+    assert a["gosafe.io_status"] == "E0" and a["ignition"] is False
+
+
+def test_odd_obd_block_does_not_cost_the_position():
+    # A block that is not a J1979 hex dump is kept raw; the record stays.
+    whole = decode(terminated("gosafe-023")).records[0]
+    odd = terminated("gosafe-023")[:-1] + b",OBD:2,FUL:0#"
+    record = decode(odd).records[0]
+    assert record.attributes["gosafe.obd"] == "2"
+    assert record.attributes["gosafe.fuel_used"] == 0
+    assert (record.time, record.latitude, record.longitude) == (whole.time, whole.latitude, whole.longitude)
+
+
+def test_empty_satellites_field_is_left_out():
+    text = b"*GS16,351535059439208,070034220815,,GPS:V;;N0.000000;E0.000000#"
+    record = decode(text).records[0]
+    assert "satellites" not in record.attributes
+    assert record.latitude is None and record.valid is False
+
+
+def test_adc_channels_past_the_fourth_keep_their_numbers():
+    # Spec §0.8 names the first four; later ones continue adc<N>_v.
+    a = decode(b"*GS06,351535059439208,070034220815,,ADC:12.66;0.58;1.5;2.5;3.5#").records[0].attributes
+    names = ("power_v", "battery_v", "adc1_v", "adc2_v", "adc3_v")
+    assert [a[n] for n in names] == [12.66, 0.58, 1.5, 2.5, 3.5]
+
+
+def test_legacy_gs02_hdop_written_against_the_date():
+    # Spec §4.3: "[hdop]<DDMMYY>" with no separator (Traccar's old pattern).
+    text = (b"*GS02,358696043774648,GPS:084514;3;A;N24.807183;E46.616273;12;245;1.48240315,"
+            b"STT:C202;8000,MGR:5185,ADC:0;14.22;1;28.30;2;4.18,GFS:0;0#")
+    record = decode(text).records[0]
+    assert record.time.isoformat() == "2015-03-24T08:45:14+00:00"
+    assert record.attributes["hdop"] == 1.48 and record.attributes["adc2_v"] == 4.18
 
 
 def test_legacy_gs02_report():

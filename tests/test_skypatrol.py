@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decoders.enfora import MAX_FRAME, UDP_ACK, skypatrol
+from decoders.enfora import MAX_FRAME, UDP_ACK, _layout, _Message, skypatrol
 from gateway.context import Context
 from gateway.interfaces import EncodeError
 from gateway.model import Command
@@ -78,6 +78,32 @@ def test_negative_coordinates():
 def test_report_without_mask_is_recognised_not_guessed():
     result = skypatrol.decode(frame_of("skypatrol-005"), Context(transport="udp"))
     assert result.records == ()
+
+
+def test_maskless_report_has_a_four_byte_header():
+    # skypatrol-005 is "00 05 02 00" + payload (spec §2.1, §7): the byte after
+    # the header is payload, not an option size.
+    data = frame_of("skypatrol-005")
+    message = _Message(data)
+    assert message.message_type is None and message.payload == data[4:]
+    # On API numbers other than 5 such a report is enfora's (Traccar's
+    # skypatrol decoder takes binary on API 5 only).
+    assert not skypatrol.detect(b"\x00\x04" + data[2:], "udp").matched
+
+
+def test_configured_mask_is_not_applied_to_the_compressed_layout():
+    # The 4-byte header's "compressed" layout is not the mask table (spec §4.1).
+    context = Context(transport="udp", lookup=lambda d: {"skypatrol.mask": "ffffffff"})
+    assert skypatrol.decode(frame_of("skypatrol-005"), context).records == ()
+
+
+def test_gps_date_not_set_yet_falls_back_to_the_message_clock():
+    data = bytearray(frame_of("skypatrol-001"))
+    layout = {index: (offset, size) for index, offset, size in _layout(0xFFFFFFFF)[0]}
+    start = 9 + layout[8][0]  # 5-byte header + 4-byte mask
+    data[start:start + 3] = bytes(3)
+    record = skypatrol.decode(bytes(data), Context(transport="udp")).records[0]
+    assert record.time.isoformat() == "2012-07-17T22:07:44+00:00"
 
 
 def test_configured_mask_for_reports_sent_without_one():
