@@ -54,8 +54,10 @@ MAX_TEXT = 1024
 _VALID = frozenset({"A", "0"})
 _VALIDITY = frozenset({"A", "V", "B", "0", ""})
 
-#: Battery byte of binary frames: small values are levels, not percent.
-_BATTERY_LEVELS = {1: 0, 2: 10, 3: 20, 4: 60, 5: 80, 6: 100}
+#: Battery byte of binary frames (spec section 6): 1-6 are levels, not
+#: percent; 7-100 are percent; F1-F6 stand for 1-6 percent.
+_BATTERY_LEVELS = {1: 0, 2: 10, 3: 20, 4: 60, 5: 80, 6: 100,
+                   **{0xF0 + n: n for n in range(1, 7)}}
 
 _MORE = Outcome.MORE
 _NO = Outcome.NO
@@ -271,8 +273,7 @@ class H02Protocol:
         if first in _CRLF:
             # The CR LF some firmwares write after "#", arriving in a later
             # read: part of the previous frame, not garbage to complain about.
-            end = len(buffer) - len(buffer.lstrip(_CRLF))
-            return buffer[:end], end
+            return b"", len(buffer) - len(buffer.lstrip(_CRLF))
         return None, _next_marker(buffer, 1)
 
     def _frame_text(self, buffer: bytes) -> Tuple[Optional[bytes], int]:
@@ -310,26 +311,14 @@ class H02Protocol:
         # else at one of the lengths seen in the field.
         own = b"$" + buffer[1:1 + layout]
         for p in range(BINARY_LENGTHS[0], min(n, BINARY_LENGTHS[-1] + 1)):
-            rest = buffer[p:p + len(own)]
-            if buffer[p] == _DOLLAR:
-                if rest == own:
-                    return buffer[:p], p
-                if own.startswith(rest) and transport == "tcp":
-                    return None, 0
-            elif buffer[p] == _STAR:
-                if _TEXT_START.match(buffer, p):
-                    return buffer[:p], p
-                if n - p < 4 and _TEXT_PREFIX.match(buffer, p) and transport == "tcp":
-                    return None, 0
-            elif buffer[p] in _CRLF:
-                if p in BINARY_LENGTHS and not buffer[p:].strip(_CRLF):
-                    return buffer[:p], p
-            elif buffer[p] == _X:
-                following = _core_outcome(buffer[p:], 5)
-                if following is _OK:
-                    return buffer[:p], p
-                if following is _MORE and transport == "tcp":
-                    return None, 0
+            following = _next_frame_at(buffer, p, own)
+            if following is _OK:
+                return buffer[:p], p
+            if following is _MORE and p in BINARY_LENGTHS and transport == "tcp":
+                # Only worth waiting for where a frame can end: elsewhere a
+                # "$" or "*" is trailer data, and waiting would hold the frame
+                # and its R12 back until the device sends again.
+                return None, 0
         if n in BINARY_LENGTHS:
             return buffer, n
         if n < BINARY_LENGTHS[-1] and transport == "tcp":
@@ -344,8 +333,6 @@ class H02Protocol:
     def decode(self, frame: bytes, context) -> DecodeResult:
         if not frame:
             raise DecodeError("empty frame")
-        if not frame.strip(_CRLF):
-            return DecodeResult()
         if frame[0] == _STAR:
             return self._decode_text(frame, context)
         if frame[0] in (_DOLLAR, _X):
@@ -457,11 +444,17 @@ class H02Protocol:
             raise DecodeError("V4 without the command it confirms")
         token = words[-1] if len(words) > 1 and _HHMMSS.match(words[-1]) else None
         success = not any(w.upper() in ("ERROR", "FAIL", "FAILED") for w in words[1:])
-        confirmation = Confirmation(token=token, success=success, reply=",".join(words),
-                                    command_type=_CONFIRMED_TYPES.get(words[0]))
+        reply = ",".join(words)
         records = []
         if tail is not None:
-            records.append(_report("V4", body[tail:], context, {"h02.reply": ",".join(words)}))
+            try:
+                records.append(_report("V4", body[tail:], context, {"h02.reply": reply}))
+            except DecodeError:
+                # The confirmation matters more than the position it carries:
+                # keep it, with the unreadable position as the device sent it.
+                reply = ",".join(body)
+        confirmation = Confirmation(token=token, success=success, reply=reply,
+                                    command_type=_CONFIRMED_TYPES.get(words[0]))
         return DecodeResult(device_id=device_id, records=records, confirmations=[confirmation])
 
     def _cells(self, device_id, kind: str, body: List[str], context) -> DecodeResult:
@@ -655,6 +648,30 @@ def _next_marker(buffer: bytes, start: int) -> int:
     found = [i for i in (buffer.find(b"*", start), buffer.find(b"$", start),
                          buffer.find(b"X", start)) if i >= 0]
     return min(found) if found else len(buffer)
+
+
+def _next_frame_at(buffer: bytes, p: int, own: bytes) -> Outcome:
+    """
+    Whether another frame of the device whose binary frames open with C{own}
+    (C{$} and its id) starts at C{buffer[p]}: C{MORE} when the buffer ends
+    before that is decided.
+    """
+    marker = buffer[p]
+    if marker == _DOLLAR:
+        rest = buffer[p:p + len(own)]
+        return _OK if rest == own else _MORE if own.startswith(rest) else _NO
+    if marker == _STAR:
+        if _TEXT_START.match(buffer, p):
+            return _OK
+        return _MORE if _TEXT_PREFIX.match(buffer, p) else _NO
+    if marker in _CRLF:
+        # Line ends after a frame of a known length, and nothing else.
+        return _OK if p in BINARY_LENGTHS and not buffer[p:].strip(_CRLF) else _NO
+    if marker == _X:
+        # X frames are rare, and 0x58 may be any trailer byte (a cell id):
+        # only a whole 29-byte core counts, a partial one is not waited for.
+        return _OK if _core_outcome(buffer[p:], 5) is _OK else _NO
+    return _NO
 
 
 def _restart(buffer: bytes, end: int) -> Optional[int]:

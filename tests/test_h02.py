@@ -193,6 +193,48 @@ def test_text_without_terminator_is_dropped_after_the_cap():
     assert frame is None and consumed > 0
 
 
+def test_line_ends_between_frames_are_consumed_quietly():
+    """
+    The framer's contract for bytes allowed between frames: C{(b"", n)}.
+    """
+    assert h02.frame(b"\r\n" + TEXT_V1, "tcp") == (b"", 2)
+
+
+def _with_trailer(frame, offset, data):
+    """
+    A real frame with trailer bytes from C{offset} replaced by C{data}: the
+    trailer of the 45-byte form carries the cell id at bytes 42-43 (spec
+    section 6), which may hold any value.
+    """
+    return frame[:offset] + data + frame[offset + len(data):]
+
+
+@pytest.mark.parametrize("offset, data", [
+    (42, b"\x58\x21"),     # cell id 0x5821: "X", the first byte of an X frame
+    (44, b"$"),             # last byte "$", the first byte of the next frame
+    (44, b"*"),             # last byte "*", the first byte of a text frame
+])
+def test_trailer_bytes_like_a_frame_start_do_not_hold_the_frame(offset, data):
+    """
+    A byte in the trailer that could open another frame is waited on only
+    where a frame can end (a known length): elsewhere the frame and its R12
+    go out at once, and the decode command does not lose it.
+    """
+    frame = _with_trailer(BINARY_45, offset, data)
+    records, written, errors = run([frame])
+    assert errors == []
+    assert summary(records) == summary(run([BINARY_45])[0])
+    assert written == [b"*HQ,4206119130,R12,123456#"]
+    # Followed by the device's next frame, the split is the same.
+    records, written, errors = run([frame + frame])
+    assert errors == [] and len(records) == 2 and len(written) == 2
+
+
+def test_cell_id_from_the_45_byte_trailer():
+    records, _, _ = run([_with_trailer(BINARY_45, 42, b"\x58\x21")])
+    assert records[0].attributes["cell_id"] == 0x5821
+
+
 # -- Traccar decodes these wrongly ----------------------------------------------
 
 def _longer(frame, extra):
@@ -235,6 +277,13 @@ def test_42_byte_frame_with_an_imei():
     assert result.device_id == "352483084193293"
     assert result.records[0].latitude == pytest.approx(55.67045)
     assert result.reply == b"*HQ,352483084193293,R12,123456#"
+
+    # Traccar reads the IMEI form only when a read is exactly 42 bytes; two in
+    # one read are split on the repeated "$" + IMEI.
+    records, written, errors = run([f42 + f42 + TEXT_V1])
+    assert errors == []
+    assert [r.latitude for r in records[:2]] == [pytest.approx(55.67045)] * 2
+    assert written == [b"*HQ,352483084193293,R12,123456#"] * 2
 
 
 def test_r12_is_sent_for_every_binary_frame():
@@ -323,6 +372,47 @@ def test_binary_battery_byte_is_binary():
     assert record.attributes["battery_level_pct"] == 96
 
 
+@pytest.mark.parametrize("byte, level", [
+    (0x03, 20), (0x06, 100), (0x07, 7), (0x64, 100), (0xF3, 3), (0x00, None), (0xFF, None),
+])
+def test_binary_battery_levels(byte, level):
+    """
+    Spec section 6: 1-3 are 0/10/20 %, 4-6 are 60/80/100 %, 7-100 are percent,
+    F1-F6 are 1-6 %; anything else is kept raw only.
+    """
+    frame = bytearray(BINARY_32)
+    frame[16] = byte
+    (record,) = h02.decode(bytes(frame), context()).records
+    assert record.attributes["h02.battery"] == byte
+    assert record.attributes.get("battery_level_pct") == level
+
+
+def test_ignition_of_a_sinotrack_unit_on_the_move():
+    """
+    Bit 10 clear while an ST-90x drives at 35 km/h (eusonlito's log): on
+    SinoTrack the bit is negative logic like the others, so the default
+    reads it clear = on, where Traccar's current decoder says off.
+    """
+    (record,) = h02.decode(frame_of("h02-115"), context()).records
+    assert record.speed_kmh == pytest.approx(35.077, abs=0.01)
+    assert record.attributes["h02.status"] == "FFFFBBFF"
+    assert record.attributes["ignition"] is True
+
+
+def test_empty_device_id():
+    """
+    Spec 0.2: C{*HQ,,V1,...} is decoded with no device id; a session bound
+    to a device attributes the record to it.
+    """
+    frame = frame_of("h02-015")
+    result = h02.decode(frame, context())
+    assert result.device_id is None
+    assert result.records[0].time == datetime(2018, 4, 29, 17, 32, 12, tzinfo=timezone.utc)
+    hub = hub_at_noon()
+    feed(hub, [TEXT_V1 + frame])
+    assert [d for d, _, _ in hub.store_.records] == ["4300250680", "4300250680"]
+
+
 def test_time_sync_reply_only_when_configured():
     assert h02.decode(TEXT_V1, context()).reply == b""
     reply = h02.decode(TEXT_V1, context({"h02.time_sync": "1"})).reply
@@ -390,6 +480,37 @@ def test_confirmation_matches_the_command_token():
     assert confirmation.success
     assert confirmation.reply == "S20,DONE," + encoded.token
     assert result.records[0].attributes["h02.status"] == "F7FFFBFF"
+
+
+def test_confirmation_echoing_parameters():
+    """
+    Vendor example (spec 5.2): the echoed parameters sit between the command
+    code and the echoed time token.
+    """
+    frame = (b"*TH,2020916012,V4,S14,100,10,1,3,130305,050316,A,2212.8745,N,11346.6574,E,"
+             b"14.28,028,220902,FFFFFBFF#")
+    result = h02.decode(frame, context())
+    (confirmation,) = result.confirmations
+    assert confirmation.token == "130305" and confirmation.success
+    assert confirmation.reply == "S14,100,10,1,3,130305"
+    (record,) = result.records
+    assert record.time == datetime(2002, 9, 22, 5, 3, 16, tzinfo=timezone.utc)
+    assert record.latitude == pytest.approx(22.214575)
+
+
+def test_confirmation_survives_an_unreadable_position():
+    """
+    An engine stop confirmed with a position this decoder cannot read (here
+    a corrupted latitude, minutes 75) still confirms the command (spec 5.2:
+    the reply words and the echoed token come before the position).
+    """
+    frame = (b"*HQ,9001000002,V4,S20,DONE,010203,050316,A,2275.8745,N,11346.6574,E,"
+             b"14.28,028,220902,F7FFFBFF#")
+    result = h02.decode(frame, context())
+    assert result.records == ()
+    (confirmation,) = result.confirmations
+    assert confirmation.token == "010203" and confirmation.success
+    assert confirmation.reply.startswith("S20,DONE,010203,050316,A,")
 
 
 def test_confirmation_with_error():
