@@ -283,9 +283,11 @@ def measure(server, args, results):
                         "" if durable is None else f"durable {durable / run.elapsed:,.0f} rec/s",
                         f"p50 {percentile(run.latencies, 50) * 1000:.1f} ms",
                         f"p99 {percentile(run.latencies, 99) * 1000:.1f} ms"))
+        yield drained(server)
         run = yield Run(server.port, transport, args.devices, args.seconds, rate=args.rate,
                         offset=offset).start()
         offset += args.devices
+        yield drained(server)
         results.append((server.kind, transport, f"{args.rate} frames/s offered",
                         f"acked {run.acks / run.elapsed:,.0f} frames/s", "",
                         f"p50 {percentile(run.latencies, 50) * 1000:.1f} ms",
@@ -294,6 +296,24 @@ def measure(server, args, results):
         print(*results[-1], sep="  ", flush=True)
     if args.idle:
         yield idle_sessions(server, args, results, offset)
+
+
+@defer.inlineCallbacks
+def drained(server, quiet=1.0, limit=120.0):
+    """
+    Wait until the gateway has written everything an overloaded run left it
+    with (its row count stops growing), so one measurement does not start
+    inside the backlog of the previous one.
+    """
+    if server.db is None:
+        return
+    deadline, last = time.time() + limit, None
+    while time.time() < deadline:
+        rows = server.rows()
+        if rows == last:
+            return
+        last = rows
+        yield task.deferLater(reactor, quiet, lambda: None)
 
 
 @defer.inlineCallbacks

@@ -45,6 +45,16 @@ def connect(store=None, clock=None):
     return hub, protocol, transport
 
 
+def session_of(decoder):
+    """
+    A TCP session over C{decoder} alone: C{(hub, session, written)}.
+    """
+    hub = Hub({"toy": decoder}, MemoryStore(), Clock())
+    hub.keep_errors = True
+    out = []
+    return hub, Session(hub, "tcp", "peer", out.append, lambda: None), out
+
+
 def test_frame_split_across_reads():
     hub, protocol, transport = connect()
     data = b"TOY,42,2,a\n"
@@ -174,10 +184,7 @@ def test_decoder_bug_does_not_kill_the_session():
                 raise ZeroDivisionError("bug")
             return toy.decode(frame, context)
 
-    hub = Hub({"toy": Buggy()}, MemoryStore(), Clock())
-    hub.keep_errors = True
-    out = []
-    session = Session(hub, "tcp", "peer", out.append, lambda: None)
+    hub, session, out = session_of(Buggy())
     session.data_received(b"TOY,1,BOOM\nTOY,1,1\n")
     assert out == [b"ACK,1\n"]
     assert any("decoder failed" in e for e in hub.errors)
@@ -202,10 +209,7 @@ def test_framer_may_consume_line_ends_quietly():
                 return b"", 1
             return toy.frame(buffer, transport)
 
-    hub = Hub({"toy": Lines()}, MemoryStore(), Clock())
-    hub.keep_errors = True
-    out = []
-    session = Session(hub, "tcp", "peer", out.append, lambda: None)
+    hub, session, out = session_of(Lines())
     session.data_received(b"TOY,1,1\n\r\n")
     session.data_received(b"\r\nTOY,1,1\n")
     assert out == [b"ACK,1\n"] * 2
