@@ -69,12 +69,25 @@ def cmd_serve(args) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from gateway.service import GatewayService
-    from gateway.store import database_url
+    from twisted.python import usage
 
+    from gateway.service import GatewayService
+    from gateway.tap import Options
+
+    # The same options and checks as `twistd trackport`, so the two never drift.
+    options = Options()
+    argv = ["--port", str(args.port), "--interface", args.interface,
+            "--idle-timeout", str(args.idle_timeout)]
+    argv += ["--db", args.db] if args.db else []
+    argv += ["--reuse-port"] if args.reuse_port else []
+    try:
+        options.parseOptions(argv)
+    except usage.UsageError as e:
+        print(f"trackport serve: {e}", file=sys.stderr)
+        return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    service = GatewayService(port=args.port, interface=args.interface, db=database_url(args.db),
-                             reuse_port=args.reuse_port, idle_timeout=args.idle_timeout)
+    service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
     service.prepare()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
