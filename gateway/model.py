@@ -56,7 +56,7 @@ def isoformat(value: Optional[datetime]) -> Optional[str]:
     if value is None:
         return None
     value = _utc(value)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    text = value.replace(tzinfo=None, microsecond=0).isoformat()
     if value.microsecond:
         text += ".%03d" % (value.microsecond // 1000)
     return text + "Z"
@@ -129,7 +129,11 @@ def canonical_json(value) -> str:
     """
     JSON with sorted keys; values JSON cannot hold are written as text.
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL.encode(value)
+
+
+# One encoder for every record: json.dumps with options builds a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@ The store on real databases (SQLite file, PostgreSQL): batched commits, re-sent
 records stored once, an outage holding records (no acks) until it ends.
 """
 
+import socket
 import sqlite3
 import threading
 import time
@@ -10,6 +11,7 @@ from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from twisted.internet.defer import DeferredList
 
 from gateway import schema
@@ -126,6 +128,94 @@ def test_sqlite_outage_holds_records_until_it_ends(tmp_path):
     assert fired == [None]
     assert count(engine) == 1 and s.healthy
     wait_for(s.stop())
+
+
+class Cable:
+    """
+    A TCP proxy on 127.0.0.1 in front of the database server that the test can
+    unplug (every connection dropped, new ones refused) and plug back in.
+    """
+
+    def __init__(self, host, port):
+        self.target = (host, port)
+        self.plugged = True
+        self.pipes = []
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.plugged:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.pipes += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def unplug(self):
+        self.plugged = False
+        for s in self.pipes:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.pipes = []
+
+    def plug(self):
+        self.plugged = True
+
+    def close(self):
+        self.unplug()
+        self.listener.close()
+
+
+def test_postgresql_outage_holds_records_until_it_ends(pg_url):
+    url = make_url(pg_url)
+    cable = Cable(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
+    engine = engine_for(through)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.retry_delays = (0.05,)
+    s.start()
+    try:
+        assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
+        cable.unplug()
+        fired = []
+        s.submit("dev1", "toy", "peer", [rec(1), rec(2)]).addBoth(fired.append)
+        time.sleep(1.0)
+        assert fired == [] and not s.healthy and s.pending == 2
+        cable.plug()
+        deadline = time.time() + 20
+        while not fired and time.time() < deadline:
+            time.sleep(0.01)
+        assert fired == [None] and s.healthy
+        assert count(engine_for(pg_url)) == 3
+    finally:
+        wait_for(s.stop())
+        cable.close()
+        engine.dispose()
 
 
 def test_settings_merge_and_load(db_url):
