@@ -6,6 +6,7 @@ turning their traffic into L{Session}s.
 
 from __future__ import annotations
 
+import socket
 from typing import Dict, Tuple
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -15,6 +16,9 @@ from twisted.logger import Logger
 from gateway.session import Session
 
 log = Logger()
+
+#: Bytes asked for the UDP socket's receive buffer.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 def _peer(address) -> str:
@@ -130,6 +134,15 @@ class DatagramEndpoint(DatagramProtocol):
 
     def startProtocol(self):
         self._sweeper.start()
+        sock = getattr(self.transport, "socket", None)
+        if sock is not None:
+            # Devices that regain coverage flush their buffers at once; the
+            # default receive buffer (~200 KB) drops datagrams the reactor
+            # cannot read in time. The kernel caps this at net.core.rmem_max.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
+            except OSError as e:
+                log.warn("could not enlarge the UDP receive buffer: {e}", e=e)
 
     def stopProtocol(self):
         self._sweeper.stop()

@@ -1,7 +1,10 @@
 """
 The session path with a toy protocol: framing, detection, ack ordering and
-error handling, without sockets (StringTransport) and with a fake clock.
+error handling, without sockets (StringTransport) and with a fake clock — but
+for the one test that checks the real UDP socket's receive buffer.
 """
+
+import socket
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
@@ -281,3 +284,21 @@ def test_udp_garbage_from_many_peers_is_bounded():
     assert hub.store_.unknown_frames[-1][2] == b"\x00more garbage"
     endpoint.datagramReceived(b"PING,8\n", ("127.0.0.1", 999))
     assert list(endpoint.sessions) == [("127.0.0.1", 999)]
+
+
+def test_udp_receive_buffer_is_enlarged():
+    from twisted.internet import reactor
+
+    from gateway.server import UDP_RECEIVE_BUFFER
+
+    endpoint = DatagramEndpoint(Hub({"toy": toy}, MemoryStore(), Clock()))
+    port = reactor.listenUDP(0, endpoint, interface="127.0.0.1")
+    try:
+        size = port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        port.stopReading()
+        port.connectionLost()  # closes the socket now; the reactor is not running
+    with open("/proc/sys/net/core/rmem_max") as f:
+        cap = int(f.read())
+    # Linux doubles what it grants (bookkeeping overhead) and caps it at rmem_max.
+    assert size >= min(UDP_RECEIVE_BUFFER, cap) * 2 > 212992
