@@ -51,7 +51,7 @@ def decode(chunks: Iterable[bytes], transport: str = "tcp",
     return {
         "protocol": session.protocol,
         "device_id": device_id,
-        "records": [record.to_json() for _, _, record in store.records],
+        "records": [record.to_json() for _, _, record in store.decoded],
         "responses_hex": [r.hex() for r in responses],
         "errors": list(hub.errors),
     }

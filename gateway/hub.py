@@ -66,6 +66,16 @@ class Hub:
         """
         return self.store_.submit(device_id, session.protocol, session.peer, records)
 
+    def withheld(self, session, records) -> None:
+        """
+        Records a decoder read but that must not be stored (see
+        L{gateway.model.DecodeResult.withheld}): only a store that shows
+        what was decoded (L{MemoryStore}) keeps them.
+        """
+        show = getattr(self.store_, "withhold", None)
+        if show is not None and records:
+            show(session.protocol, records)
+
     def unknown(self, session, data: bytes) -> None:
         second = int(self.clock.seconds())
         if second != self._unknown_second:
@@ -145,13 +155,21 @@ class MemoryStore:
 
     def __init__(self):
         self.records = []
+        self.decoded = []
         self.unknown_frames = []
         self.learned = {}
         self.seen = {}
 
     def submit(self, device_id, protocol, peer, records) -> Deferred:
         self.records.extend((device_id, protocol, r) for r in records)
+        self.decoded.extend((device_id, protocol, r) for r in records)
         return succeed(None)
+
+    def withhold(self, protocol, records) -> None:
+        """
+        Records decoded but not stored: listed in L{decoded} only.
+        """
+        self.decoded.extend((None, protocol, r) for r in records)
 
     def unknown(self, transport, peer, data) -> None:
         self.unknown_frames.append((transport, peer, data))

@@ -170,6 +170,9 @@ class DecodeResult:
     @ivar settings: per-device settings learned from the frame (for example a
         report format the device announced); the gateway stores them with the
         device.
+    @ivar withheld: why the records must not be stored, when they must not
+        (e.g. a report before the device said who it is): they are shown by
+        C{trackport decode} and logged, never stored, and no reply is sent.
     """
 
     device_id: Optional[str] = None
@@ -177,6 +180,7 @@ class DecodeResult:
     reply: bytes = b""
     confirmations: Tuple[Confirmation, ...] = attrs.field(default=(), converter=tuple)
     settings: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+    withheld: Optional[str] = None
 
 
 @attrs.frozen

@@ -205,6 +205,10 @@ class Session:
                         protocol=self.protocol, peer=self.peer, hex=hexdump(frame))
             self.hub.error(self, f"decoder failed: {e!r}: {hexdump(frame)}", log_it=False)
             return
+        if result.withheld is not None:
+            self._error(result.withheld, frame)
+            self.hub.withheld(self, result.records)
+            return
         if result.device_id and result.device_id != self.device_id:
             self._bind_device(result.device_id)
         device_id = result.device_id or self.device_id
