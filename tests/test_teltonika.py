@@ -25,6 +25,8 @@ from gateway.interfaces import DecodeError, EncodeError
 from gateway.model import Command
 from gateway.server import StreamFactory
 from tests import vectorcheck
+from tests.test_commands_e2e import assert_nothing_more, send, status_of, wait_status
+from tests.test_e2e import positions, recv_exactly, tcp, wait_until
 from tests.harness import (bit_flipped, detector_choice_test, device_context, each_vector,
                            frame_and_decode, frame_of, mean_decode_seconds,
                            other_vectors_refused_test, run_session, split_anywhere, truncated,
@@ -552,3 +554,31 @@ def test_decode_is_fast():
     context = device_context()
     context.device_id = IMEI
     assert mean_decode_seconds(teltonika, frames, context, rounds=30) < 0.01
+
+
+# -- end to end: a real twistd, a scripted device on a real socket -------------------------------
+
+def test_end_to_end_login_ack_after_commit_and_confirmed_command(gateway, db_url):
+    g = gateway(db_url)
+    stop = send(g, IMEI, "engine_stop")
+    s = tcp(g.port)
+    # A packet before the login is neither stored nor acked.
+    s.sendall(frame_of("teltonika-018", 1))
+    assert_nothing_more(s, "a packet without login was acked")
+    s.sendall(b"\xff" + LOGIN)
+    assert recv_exactly(s, 1) == b"\x01"
+    s.sendall(frame_of("teltonika-021", 1))
+    # The ack (4 records), then the queued command, exactly as encoded.
+    want = b"\x00\x00\x00\x04" + bytes.fromhex(
+        "00000000000000130c01050000000b7365746469676f7574203101000087a2")
+    assert recv_exactly(s, len(want)) == want
+    rows = wait_until(lambda: positions(g, "--device", IMEI))
+    assert len(rows) == 4 and all(r["device_id"] == IMEI for r in rows)
+    assert wait_status(g, IMEI, stop, "sent")
+    s.sendall(tcp_packet(message(0x0C, 0x06, b"DOUT1:1 Timeout:INFINITY\r\n")))
+    row = wait_status(g, IMEI, stop, "confirmed")
+    assert row["reply"] == "DOUT1:1 Timeout:INFINITY"
+    # The reply itself is never acked; nothing was stored without the login.
+    assert_nothing_more(s, "a Codec 12 reply was acked")
+    assert len(positions(g)) == 4
+    assert status_of(g, IMEI, stop)["status"] == "confirmed"
