@@ -39,7 +39,7 @@ class Split(Protocol):
 
 class Datagrams(DatagramProtocol):
     def datagramReceived(self, data, addr):
-        self.transport.write(TRAFFIC.reply(data), addr)
+        self.transport.write((TRAFFIC.udp or TRAFFIC).reply(data), addr)
 
 
 if __name__ == "__main__":

@@ -195,21 +195,22 @@ class UdpDevice(DatagramProtocol):
     def __init__(self, run, index, port):
         self.run, self.index, self.port, self.n = run, index, port, 0
         self.sent = []
-        self.greeted = TRAFFIC.hello is None
+        self.traffic = TRAFFIC.udp or TRAFFIC
+        self.greeted = self.traffic.hello is None
 
     def startProtocol(self):
         if self.greeted:
             self.run.connected(self)
         else:
-            self.transport.write(TRAFFIC.hello(imei(self.index)), ("127.0.0.1", self.port))
+            self.transport.write(self.traffic.hello(imei(self.index)), ("127.0.0.1", self.port))
 
     def send(self):
         self.sent.append(time.perf_counter())
-        self.transport.write(frame(imei(self.index), self.n), ("127.0.0.1", self.port))
+        self.transport.write(self.traffic.frame(imei(self.index), self.n), ("127.0.0.1", self.port))
         self.n += 1
 
     def datagramReceived(self, data, addr):
-        if TRAFFIC.ack_size(data) != len(data):
+        if self.traffic.ack_size(data) != len(data):
             return
         if not self.greeted:
             self.greeted = True

@@ -32,6 +32,8 @@ class Traffic:
         off the head of a stream, C{(None, 0)} when more bytes are needed.
     @ivar reply: for the bare server: the bytes that answer one frame (hello
         included).
+    @ivar udp: the traffic on UDP, for a protocol whose datagrams differ from
+        its TCP frames (L{None}: the same).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Traffic:
     split: Callable[[bytes], Tuple[Optional[bytes], int]]
     reply: Callable[[bytes], bytes]
     hello: Optional[Callable[[str], bytes]] = None
+    udp: Optional["Traffic"] = None
 
 
 def names():
