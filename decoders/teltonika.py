@@ -742,7 +742,9 @@ class TeltonikaProtocol:
             raise DecodeError("login length does not match its IMEI")
         if not all(b in _DIGIT for b in imei):
             return DecodeResult(reply=LOGIN_REJECTED)
-        return DecodeResult(device_id=imei.decode("ascii"), reply=LOGIN_ACCEPTED)
+        # The device sends its records next and reads only their ack: a
+        # command written now would be read as that ack.
+        return DecodeResult(device_id=imei.decode("ascii"), reply=LOGIN_ACCEPTED, commands_wait=True)
 
     def _packet(self, frame, context):
         n = _u(frame[4:8])

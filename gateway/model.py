@@ -173,6 +173,9 @@ class DecodeResult:
     @ivar withheld: why the records must not be stored, when they must not
         (e.g. a report before the device said who it is): they are shown by
         C{trackport decode} and logged, never stored, and no reply is sent.
+    @ivar commands_wait: C{True} when the device sends data next and reads
+        nothing but the reply to it until then (a login before its first
+        report): commands for it wait until a later frame clears this.
     """
 
     device_id: Optional[str] = None
@@ -181,6 +184,7 @@ class DecodeResult:
     confirmations: Tuple[Confirmation, ...] = attrs.field(default=(), converter=tuple)
     settings: Mapping[str, str] = attrs.field(factory=dict, eq=False)
     withheld: Optional[str] = None
+    commands_wait: bool = False
 
 
 @attrs.frozen

@@ -54,7 +54,7 @@ class Session:
 
     # A gateway holds one per connected device, mostly idle: keep them small.
     __slots__ = ("hub", "transport", "peer", "write", "_close", "decoder", "device_id", "context",
-                 "open", "last_seen", "_buffer", "_replies", "_detect_timer")
+                 "open", "last_seen", "_buffer", "_replies", "_detect_timer", "_commands_wait")
 
     def __init__(self, hub, transport: str, peer: str,
                  write: Callable[[bytes], None], close: Callable[[], None]):
@@ -72,6 +72,7 @@ class Session:
         self._buffer = b""
         self._replies: Optional[deque] = None
         self._detect_timer = None
+        self._commands_wait = False
 
     @property
     def protocol(self) -> Optional[str]:
@@ -209,6 +210,8 @@ class Session:
             self._error(result.withheld, frame)
             self.hub.withheld(self, result.records)
             return
+        if result.commands_wait:
+            self._commands_wait = True
         if result.device_id and result.device_id != self.device_id:
             self._bind_device(result.device_id)
         device_id = result.device_id or self.device_id
@@ -219,6 +222,9 @@ class Session:
         stored = self.hub.store(self, device_id, result.records) if result.records else None
         self._queue_reply(stored, result.reply)
         self.hub.frame_done(self, device_id)
+        if self._commands_wait and not result.commands_wait:
+            self._commands_wait = False
+            self.hub.commands_ready(self)
 
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
@@ -265,9 +271,10 @@ class Session:
         """
         Write a command to the device, after any ack still waiting for its
         records (a device that has not had its ack is not ready for a
-        command). C{False} when the session is gone.
+        command). C{False} when the session is gone, or the device reads
+        nothing but a reply now (L{gateway.model.DecodeResult.commands_wait}).
         """
-        if not self.open:
+        if not self.open or self._commands_wait:
             return False
         self._queue_reply(None, data)
         return True

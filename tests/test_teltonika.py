@@ -24,11 +24,12 @@ from gateway.hub import Hub, MemoryStore
 from gateway.interfaces import DecodeError, EncodeError
 from gateway.model import Command
 from gateway.server import StreamFactory
+from gateway.session import Session
 from tests import vectorcheck
 from tests.test_commands_e2e import assert_nothing_more, send, status_of, wait_status
 from tests.test_e2e import positions, recv_exactly, tcp, wait_until
 from tests.harness import (bit_flipped, detector_choice_test, device_context, each_vector,
-                           frame_and_decode, frame_of, mean_decode_seconds,
+                           frame_and_decode, frame_of, mean_decode_seconds, memory_hub,
                            other_vectors_refused_test, run_session, split_anywhere, truncated,
                            udp_endpoint, vector_replay_test)
 
@@ -154,6 +155,21 @@ def test_avl_packet_before_login_is_shown_not_stored_not_acked():
     out = vectorcheck.run({"frames_hex": [packet.hex()], "transport": "tcp"})
     assert out["device_id"] is None and out["responses_hex"] == []
     assert len(out["records"]) == 1 and out["records"][0]["attributes"]["teltonika.unattributed"]
+
+
+def test_commands_wait_for_the_ack_of_the_first_packet():
+    hub = memory_hub(teltonika)
+    ready = []
+    hub.commands.device_active = ready.append
+    sent = []
+    session = Session(hub, "tcp", "test", sent.append, lambda: None)
+    session.data_received(LOGIN)
+    # Right after its login the device reads only the ack of its first packet.
+    assert session.send(b"command") is False and ready == []
+    session.data_received(frame_of("teltonika-018", 1))
+    assert ready == [session]
+    assert session.send(b"command")
+    assert sent == [b"\x01", b"\x00\x00\x00\x01", b"command"]
 
 
 class HeldStore(MemoryStore):
@@ -567,6 +583,8 @@ def test_end_to_end_login_ack_after_commit_and_confirmed_command(gateway, db_url
     assert_nothing_more(s, "a packet without login was acked")
     s.sendall(b"\xff" + LOGIN)
     assert recv_exactly(s, 1) == b"\x01"
+    # The device reads the ack of its first packet next: the command waits.
+    assert_nothing_more(s, "a command went out before the first packet's ack")
     s.sendall(frame_of("teltonika-021", 1))
     # The ack (4 records), then the queued command, exactly as encoded.
     want = b"\x00\x00\x00\x04" + bytes.fromhex(
