@@ -144,24 +144,53 @@ def _cut_records(data: bytes, start: int, end: int, codec: int, count: int,
     """
     event_size, generation, count_size, id_size, variable = _IO_LAYOUT[codec]
     sizes = (1, 2, 4, 8, 16) if sixteen else (1, 2, 4, 8)
-    r = _Reader(data, start, end)
+    fixed = 24 + event_size + (1 if generation else 0) + count_size
+    pos = start
     out = []
+    # Every read is bounds-checked against end before it is made: a count
+    # read from a wrong guess never drives a long loop.
     for _ in range(count):
-        head = r.take(24)
-        event = r.uint(event_size)
-        gen = r.uint(1) if generation else None
-        total = r.uint(count_size)
+        if pos + fixed > end:
+            raise _Misfit(f"record head past {end}")
+        head = data[pos:pos + 24]
+        pos += 24
+        event = _u(data[pos:pos + event_size])
+        pos += event_size
+        gen = None
+        if generation:
+            gen = data[pos]
+            pos += 1
+        total = _u(data[pos:pos + count_size])
+        pos += count_size
         ios = []
         for size in sizes:
-            for _ in range(r.uint(count_size)):
-                ios.append((r.uint(id_size), size, r.take(size)))
+            if pos + count_size > end:
+                raise _Misfit(f"IO count past {end}")
+            n = _u(data[pos:pos + count_size])
+            pos += count_size
+            step = id_size + size
+            if pos + n * step > end:
+                raise _Misfit(f"{n} IOs of {size} bytes past {end}")
+            for _ in range(n):
+                ios.append((_u(data[pos:pos + id_size]), size, data[pos + id_size:pos + step]))
+                pos += step
         if variable:
-            for _ in range(r.uint(2)):
-                ident = r.uint(2)
-                ios.append((ident, None, r.take(r.uint(2))))
+            if pos + 2 > end:
+                raise _Misfit(f"variable-length IO count past {end}")
+            n = _u(data[pos:pos + 2])
+            pos += 2
+            for _ in range(n):
+                if pos + 4 > end:
+                    raise _Misfit(f"variable-length IO past {end}")
+                ident, length = _u(data[pos:pos + 2]), _u(data[pos + 2:pos + 4])
+                pos += 4
+                if pos + length > end:
+                    raise _Misfit(f"variable-length IO of {length} bytes past {end}")
+                ios.append((ident, None, data[pos:pos + length]))
+                pos += length
         out.append(_RawRecord(head, event, gen, total, ios))
-    if r.pos != end:
-        raise _Misfit(f"records end at {r.pos}, the packet's at {end}")
+    if pos != end:
+        raise _Misfit(f"records end at {pos}, the packet's at {end}")
     return out
 
 
@@ -326,6 +355,12 @@ def _standard_records(data: bytes, start: int, end: int, codec: int, count: int,
         except _Misfit:
             continue
         balanced = all(r.total == len(r.ios) for r in raws)
+        if balanced and not sixteen:
+            # The usual case, first in the order below: no need to try more.
+            try:
+                return [_record(r, fmb, marks) for r in raws]
+            except _Misfit:
+                continue
         fits.append((not balanced, sixteen, raws))
     fits.sort(key=lambda f: (f[0], f[1]))
     for _, _, raws in fits:

@@ -88,7 +88,7 @@ def only(frame: bytes, **device_settings):
 # -- vectors and detection ----------------------------------------------------------------
 
 test_vector = vector_replay_test(VECTORS, without_errors=True)
-test_claims_no_other_vector = other_vectors_refused_test(teltonika)
+test_claims_no_other_vector = other_vectors_refused_test(teltonika, every_prefix=True)
 test_detector_picks = detector_choice_test(teltonika, [v for v in VECTORS if v["transport"] == "tcp"])
 
 
