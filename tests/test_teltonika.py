@@ -7,6 +7,7 @@ robustness.
 """
 
 import functools
+import socket
 import struct
 from datetime import datetime, timezone
 
@@ -600,3 +601,18 @@ def test_end_to_end_login_ack_after_commit_and_confirmed_command(gateway, db_url
     assert_nothing_more(s, "a Codec 12 reply was acked")
     assert len(positions(g)) == 4
     assert status_of(g, IMEI, stop)["status"] == "confirmed"
+
+
+def test_end_to_end_udp_ack_after_commit_and_no_command(gateway, db_url):
+    g = gateway(db_url)
+    imei = "356307048159957"
+    stop = send(g, imei, "engine_stop")
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(10)
+    u.sendto(frame_of("teltonika-061"), ("127.0.0.1", g.port))
+    assert u.recvfrom(100)[0] == bytes.fromhex("0005cafe011502")
+    assert len(wait_until(lambda: positions(g, "--device", imei))) == 2
+    # Teltonika takes no GPRS command over UDP: refused with the reason.
+    row = wait_status(g, imei, stop, "failed")
+    assert "TCP" in row["error"]
