@@ -3,7 +3,7 @@ Teltonika (FMB / FM): the real 14-record Codec 8 history packet of the shared
 vector teltonika-019 with the record times replaced. On TCP the device logs
 in with its IMEI (answered C{01}) and each packet is acked with its record
 count as 4 bytes; on UDP the same records travel in a channel packet with the
-IMEI, acked with 7 bytes.
+IMEI, acked with 7 bytes. C{--records N} sends the packet's first N records.
 """
 
 from datetime import datetime, timezone
@@ -34,7 +34,6 @@ PACKET = bytes.fromhex(
     "05000000015d12b276c000fadaa73f18678ae60006003b0d000e0011090101f00150051500081607030551090e6f4e05423a5a"
     "430fe14400000606b762027b03c700002328f1000000001000001b05000e000007a4")
 BODY = PACKET[8:-4]
-RECORDS = BODY[1]
 START_MS = int(datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
 
 
@@ -46,27 +45,10 @@ def _record_starts(body: bytes):
         offset += 26
         for size in (1, 2, 4, 8):
             offset += 1 + body[offset] * (1 + size)
-    return starts
+    return starts + [offset]
 
 
-STARTS = _record_starts(BODY)
-
-
-def array(n: int) -> bytes:
-    """
-    The AVL data array of the device's C{n}th packet: record times step by a
-    second, newest first as in the original.
-    """
-    body = bytearray(BODY)
-    base = START_MS + n * RECORDS * 1000
-    for i, start in enumerate(STARTS):
-        body[start:start + 8] = (base + (RECORDS - 1 - i) * 1000).to_bytes(8, "big")
-    return bytes(body)
-
-
-def tcp_frame(imei: str, n: int) -> bytes:
-    body = array(n)
-    return bytes(4) + len(body).to_bytes(4, "big") + body + crc16_arc(body).to_bytes(4, "big")
+BOUNDS = _record_starts(BODY)
 
 
 def login(imei: str) -> bytes:
@@ -93,18 +75,43 @@ def tcp_reply(frame: bytes) -> bytes:
     return b"\x01" if frame[:2] == b"\x00\x0f" else frame[9].to_bytes(4, "big")
 
 
-def udp_frame(imei: str, n: int) -> bytes:
-    data = (n & 0xFFFF).to_bytes(2, "big") + b"\x01" + bytes([n & 0xFF]) + login(imei) + array(n)
-    return len(data).to_bytes(2, "big") + data
-
-
 def udp_reply(datagram: bytes) -> bytes:
     return b"\x00\x05" + datagram[2:4] + b"\x01" + datagram[5:6] + datagram[24:25]
 
 
-UDP = Traffic(name="teltonika", records_per_frame=RECORDS, frame=udp_frame,
-              ack_size=lambda buffer: 7 if len(buffer) >= 7 else 0,
-              split=lambda buffer: (buffer, len(buffer)) if buffer else (None, 0), reply=udp_reply)
+def make(records: int = 14) -> Traffic:
+    """
+    The traffic with the first C{records} records of the packet a frame
+    (1 to 14).
+    """
+    if not 1 <= records < len(BOUNDS):
+        raise ValueError(f"1 to {len(BOUNDS) - 1} records a packet")
+    starts = BOUNDS[:records]
+    template = bytes([BODY[0], records]) + BODY[BOUNDS[0]:BOUNDS[records]] + bytes([records])
+    shift = BOUNDS[0] - 2
 
-TRAFFIC = Traffic(name="teltonika", records_per_frame=RECORDS, frame=tcp_frame,
-                  ack_size=tcp_ack_size, split=tcp_split, reply=tcp_reply, hello=login, udp=UDP)
+    def array(n: int) -> bytes:
+        # Record times step by a second, newest first as in the original.
+        body = bytearray(template)
+        base = START_MS + n * records * 1000
+        for i, start in enumerate(starts):
+            at = start - shift
+            body[at:at + 8] = (base + (records - 1 - i) * 1000).to_bytes(8, "big")
+        return bytes(body)
+
+    def tcp_frame(imei: str, n: int) -> bytes:
+        body = array(n)
+        return bytes(4) + len(body).to_bytes(4, "big") + body + crc16_arc(body).to_bytes(4, "big")
+
+    def udp_frame(imei: str, n: int) -> bytes:
+        data = (n & 0xFFFF).to_bytes(2, "big") + b"\x01" + bytes([n & 0xFF]) + login(imei) + array(n)
+        return len(data).to_bytes(2, "big") + data
+
+    udp = Traffic(name="teltonika", records_per_frame=records, frame=udp_frame,
+                  ack_size=lambda buffer: 7 if len(buffer) >= 7 else 0,
+                  split=lambda buffer: (buffer, len(buffer)) if buffer else (None, 0), reply=udp_reply)
+    return Traffic(name="teltonika", records_per_frame=records, frame=tcp_frame,
+                   ack_size=tcp_ack_size, split=tcp_split, reply=tcp_reply, hello=login, udp=udp)
+
+
+TRAFFIC = make()
