@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransportWithDisconnection
 
 from gateway.hub import UNKNOWN_PER_SECOND, Hub, MemoryStore
+from gateway.model import DecodeResult
 from gateway.server import DatagramEndpoint, StreamFactory
 from gateway.session import DETECT_SECONDS, MAX_BUFFER, Session
 from tests.toy import toy
@@ -302,3 +303,41 @@ def test_udp_receive_buffer_is_enlarged():
         cap = int(f.read())
     # Linux doubles what it grants (bookkeeping overhead) and caps it at rmem_max.
     assert size >= min(UDP_RECEIVE_BUFFER, cap) * 2 > 212992
+
+
+def test_withheld_records_are_shown_not_stored_not_acked():
+    class Anonymous:
+        name, transports, detect, frame = toy.name, toy.transports, toy.detect, toy.frame
+
+        def decode(self, frame, context):
+            result = toy.decode(frame, context)
+            if b",anon," not in frame:
+                return result
+            return DecodeResult(records=result.records, reply=result.reply, withheld="nobody's")
+
+    hub, session, out = session_of(Anonymous())
+    session.data_received(b"TOY,anon,2\nTOY,7,1\n")
+    assert out == [b"ACK,7\n"]
+    assert [d for d, _, _ in hub.store_.records] == ["7"]
+    assert [d for d, _, _ in hub.store_.decoded] == [None, None, "7"]
+    assert any(e.startswith("nobody's") for e in hub.errors)
+
+
+def test_commands_wait_while_a_decoder_says_so():
+    class Busy:
+        name, transports, detect, frame = toy.name, toy.transports, toy.detect, toy.frame
+
+        def decode(self, frame, context):
+            result = toy.decode(frame, context)
+            return DecodeResult(device_id=result.device_id, records=result.records,
+                                reply=result.reply, commands_wait=frame.startswith(b"PING"))
+
+    hub, session, out = session_of(Busy())
+    ready = []
+    hub.commands = type("Commands", (), {"device_online": lambda self, s: None,
+                                         "device_active": lambda self, s: ready.append(s)})()
+    session.data_received(b"PING,7\n")
+    assert session.send(b"RELAY,1\n") is False and ready == []
+    session.data_received(b"TOY,7,1\n")
+    assert ready == [session] and session.send(b"RELAY,1\n")
+    assert out == [b"PING,7\n", b"ACK,7\n", b"RELAY,1\n"]
