@@ -363,9 +363,11 @@ def _standard_records(data: bytes, start: int, end: int, codec: int, count: int,
                 continue
         fits.append((not balanced, sixteen, raws))
     fits.sort(key=lambda f: (f[0], f[1]))
-    for _, _, raws in fits:
+    for _, sixteen, raws in fits:
+        # The 16-byte group is inferred from the byte count, not announced.
+        layout = {**marks, "teltonika.guessed": ["io16_group"]} if sixteen else marks
         try:
-            return [_record(r, fmb, marks) for r in raws]
+            return [_record(r, fmb, layout) for r in raws]
         except _Misfit:
             continue
     raise DecodeError(f"no record layout of codec 0x{codec:02x} fits the packet")

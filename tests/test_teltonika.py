@@ -356,6 +356,9 @@ def test_sixteen_byte_group_fallback():
     assert len(records) == 11
     wide = [k for k, v in records[0].attributes.items() if k.startswith("io") and isinstance(v, str)]
     assert wide and all(len(records[0].attributes[k]) == 32 for k in wide)
+    # The layout is inferred, and the records say so; the standard one is not.
+    assert all(r.attributes["teltonika.guessed"] == ["io16_group"] for r in records)
+    assert "teltonika.guessed" not in decode(frame_of("teltonika-019", 1)).records[0].attributes
 
 
 def test_records_that_fit_no_layout_are_refused():
@@ -493,6 +496,13 @@ def test_output_patterns_and_replies():
         encoded("engine_stop", device_settings={"teltonika.output": "2"})
     with pytest.raises(EncodeError):
         encoded("engine_stop", device_settings={"teltonika.output": "9"})
+
+
+def test_custom_text_of_hex_digits_stays_text():
+    # Traccar sends a text made only of hex digits as the bytes they spell;
+    # here raw bytes need the explicit hex parameter.
+    assert encoded("custom", text="1234").data == command_packet(b"1234")
+    assert encoded("custom", hex="1234").data == command_packet(b"\x12\x34")
 
 
 def test_set_interval_needs_the_models_parameter():
