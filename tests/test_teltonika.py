@@ -373,9 +373,10 @@ def gh3000(stamp: int, mask: int, gps: bytes = b"", ios: bytes = b"") -> bytes:
 
 def test_codec7_gh3000_records():
     seconds = int(WHEN.timestamp()) - 1167609600
-    full = gh3000(seconds | 0xC0000000, 0x0F,
-                  bytes([0xFF]) + struct.pack(">ffHBBBHHBI", 54.5, 25.25, 120, 64, 36, 7, 1, 2, 3, 24602),
-                  bytes([1, 1, 55]) + bytes([1, 2]) + (300).to_bytes(2, "big") + bytes([1, 3]) + (9).to_bytes(4, "big"))
+    # Every location-mask bit: lat, lon, altitude, angle, speed, satellites, LAC, cell, signal, operator.
+    gps = bytes([0xFF]) + struct.pack(">ffHBBBHHBI", 54.5, 25.25, 120, 64, 36, 7, 1, 2, 3, 24602)
+    ios = bytes([1, 1, 55, 1, 2]) + (300).to_bytes(2, "big") + bytes([1, 3]) + (9).to_bytes(4, "big")
+    full = gh3000(seconds | 0xC0000000, 0x0F, gps, ios)
     no_gps = gh3000(seconds, 0x02, b"", bytes([1, 240, 1]))
     operator_only = gh3000(seconds, 0x01, bytes([0xC0, 4]) + (24602).to_bytes(4, "big"))
     no_satellites = gh3000(seconds, 0x01, bytes([0x11]) + struct.pack(">ffB", 54.5, 25.25, 0))
