@@ -18,7 +18,9 @@ A binary report without its mask (the TT8750 "compressed" layout) cannot be
 decoded: it is recognised as C{skypatrol} on API number 5, where Traccar's
 skypatrol decoder takes binary reports, and as C{enfora} otherwise.
 
-Reference: C{shared/protocols/skypatrol/spec.md}. The device expects no reply,
+Reference: trackport's SkyPatrol/Enfora protocol notes ("spec section N"
+below), compiled from the Enfora API documents and public captures. The
+device expects no reply,
 unless it runs an output event that asks for a UDP acknowledgement
 (per-device settings C{skypatrol.udp_ack}, C{enfora.udp_ack}).
 """

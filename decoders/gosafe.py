@@ -9,7 +9,9 @@ Two wire formats share one port:
   - binary: C{F8 <version> <type> <IMEI:7> <body> <CRC-16/XMODEM> F8}, byte
     stuffed with C{1B}.
 
-Reference: C{shared/protocols/gosafe/spec.md}. Every frame carries the IMEI;
+Reference: trackport's GoSafe protocol notes ("spec section N" below),
+compiled from the GoSafe/SkyPatrol documents and public captures. Every frame
+carries the IMEI;
 there is no login. Every frame (every UDP datagram) is answered C{1234}.
 """
 

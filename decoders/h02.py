@@ -5,7 +5,10 @@ protocol. One connection carries C{*XX,id,TYPE,...#} text frames and C{$} BCD
 binary frames that have neither a length nor a terminator, so the framer splits
 binary frames on structure: a valid BCD core, then the start of the next frame.
 
-Reference: C{shared/protocols/h02/spec.md} (its section 0 overrides the rest).
+Reference: trackport's H02 protocol notes, compiled from SinoTrack's documents and
+public captures; "spec section N" below cites their numbering, section 0 being
+the rules that settle conflicts between sources. docs/devices/ has the
+operator's view.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_helpers -*-
+# -*- test-case-name: tests.test_fields -*-
 """
 Field parsers shared by decoders: BCD, bit fields, NMEA-style coordinates and
 device clocks.

@@ -516,8 +516,7 @@ def test_position_request_is_answered_by_report_id_0():
 
 # -- commands ---------------------------------------------------------------
 
-# From ../shared/protocols/atrack/commands.jsonl (ATrack Protocol Document
-# rev 1.3.4 and Traccar's encoder).
+# From the ATrack Protocol Document rev 1.3.4 and Traccar's encoder.
 @pytest.mark.parametrize("kind, params, data", [
     ("engine_stop", {}, bytes.fromhex("4154244f5554433d312c312c302c302c300d0a")),
     ("engine_resume", {}, bytes.fromhex("4154244f5554433d312c302c302c302c300d0a")),

@@ -317,8 +317,7 @@ def test_direction_is_the_course_but_farnear_hdop_is_not():
 
 # -- commands ---------------------------------------------------------------
 
-# From ../shared/protocols/gotop/commands.jsonl (GOTOP V5.0 document and
-# location.io's asserted bytes).
+# From the GOTOP V5.0 document and location.io's asserted bytes.
 @pytest.mark.parametrize("kind, params, data", [
     ("position_request", {}, b":123456F#"),
     ("engine_stop", {}, b":123456T1#"),

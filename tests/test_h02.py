@@ -461,7 +461,7 @@ def test_heartbeat_echo_keeps_the_device_prefix():
 
 # -- commands and confirmations -------------------------------------------------
 
-# Bytes from shared/protocols/h02/commands.jsonl (Traccar's H02ProtocolEncoderTest).
+# Bytes from Traccar's H02ProtocolEncoderTest.
 COMMANDS = [
     ("engine_stop", {"time_hhmmss": "010203"}, {},
      "2a48512c3132333435363738393031323334352c5332302c3031303230332c312c3123"),
