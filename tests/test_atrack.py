@@ -19,7 +19,7 @@ from gateway.context import Context
 from gateway.interfaces import EncodeError, Outcome
 from gateway.model import Command
 from tests import vectorcheck
-from tests.harness import (detector_choice_test, each_vector, frame_and_decode, frame_of,
+from tests.harness import (each_vector, frame_and_decode, frame_of,
                            mean_decode_seconds, other_vectors_refused_test, run_session,
                            split_anywhere, vector_replay_test)
 
@@ -115,7 +115,6 @@ def test_a_bad_crc_is_not_claimed_for_binary():
 
 
 test_claims_no_other_protocols_vectors = other_vectors_refused_test(atrack, every_prefix=True)
-test_detector_picks_atrack_among_all_plugins = detector_choice_test(atrack, VECTORS)
 
 
 # -- framing --------------------------------------------------------------

@@ -15,7 +15,7 @@ from gateway.context import Context
 from gateway.interfaces import DecodeError, EncodeError, Outcome
 from gateway.model import Command
 from tests import vectorcheck
-from tests.harness import (detector_choice_test, each_vector, feed, frame_and_decode, frame_of,
+from tests.harness import (each_vector, feed, frame_and_decode, frame_of,
                            memory_hub, tcp_connection, vector_head, vector_replay_test)
 
 VECTORS = vectorcheck.load("h02")
@@ -573,7 +573,6 @@ def test_claims_its_own_vectors_and_no_other(vec):
     assert h02.detect(head, transport).matched == (vec["protocol"] == "h02")
 
 
-test_detector_picks_h02_for_its_vectors = detector_choice_test(h02, VECTORS)
 
 
 def test_prefixes_ask_for_more():
