@@ -460,7 +460,8 @@ class Jt808Protocol:
     # -- detection and framing ---------------------------------------------
 
     def detect(self, head, transport):
-        if head[:2] == b"\x7e\x7e":
+        # A doubled start (or the end of a frame we missed) before the first frame.
+        while head[:2] == b"\x7e\x7e":
             head = head[1:]
         if not head:
             return Verdict.more() if transport == "tcp" else Verdict.no()
