@@ -617,7 +617,10 @@ class Jt808Protocol:
                     return send(0x8500, b"\x01" if stop else b"\x00")
                 return send(0x8500, struct.pack(">HHB", 1, 0x0001, 0 if stop else 1))
             if style == "a006":
-                now = context.now() + _offset(context, command.device_id)
+                try:
+                    now = context.now() + _offset(context, command.device_id)
+                except DecodeError as e:
+                    raise EncodeError(str(e)) from None
                 return send(0xA006, (b"\x01" if stop else b"\x00")
                             + bytes.fromhex(f"{now:%y%m%d%H%M%S}"))
             text = _RELAY_TEXT[stop].encode("ascii")
