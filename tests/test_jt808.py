@@ -19,6 +19,8 @@ from gateway.context import Context
 from gateway.interfaces import DecodeError, EncodeError
 from gateway.model import Command
 from tests import vectorcheck
+from tests.test_commands_e2e import assert_nothing_more, send, wait_status
+from tests.test_e2e import positions, recv_exactly, tcp, wait_until
 from tests.harness import (bit_flipped, detector_choice_test, frame_and_decode, frame_of,
                            other_vectors_refused_test, run_session, split_anywhere,
                            tcp_connection, truncated, udp_endpoint, vector_replay_test)
@@ -26,7 +28,6 @@ from tests.harness import (bit_flipped, detector_choice_test, frame_and_decode, 
 VECTORS = vectorcheck.load("jt808")
 
 # Real frames from the vector file (sources there).
-REGISTER = frame_of("jt808-002")        # 0x0100, 2013
 REGISTER_2019 = frame_of("jt808-007")   # 0x0100, 2019 header
 AUTH = frame_of("jt808-013")            # 0x0102 of the BSJ KM02 (terminal 024530313349)
 HEARTBEAT = frame_of("jt808-016")       # 0x0002, empty body, serial 00b7
@@ -648,3 +649,46 @@ def test_bytes_with_escapes_never_crash(data):
 def test_any_location_body_decodes_or_refuses(body):
     r = location(body, PLUS8)
     assert r.latitude is None or -90 <= r.latitude <= 90
+
+
+# -- end to end ------------------------------------------------------------------
+
+def _bsj_frame(message_id, body, serial):
+    head = struct.pack(">HH", message_id, len(body)) + BSJ + struct.pack(">H", serial)
+    return rebuild(head + body)
+
+
+def test_end_to_end_commands_confirmed_on_a_real_gateway(gateway, db_url):
+    """
+    A real twistd: a queued reboot goes out after the authentication's ack
+    with the next serial, the 0x0001 naming that serial confirms it; a
+    position query is answered by a 0x0201 that is stored and confirms it,
+    and gets no reply.
+    """
+    g = gateway(db_url)
+    device = "24530313349"
+    reboot = send(g, device, "reboot")
+    s = tcp(g.port)
+    s.sendall(AUTH)
+    ack = bytes.fromhex("7e8001000502453031334900000001010200ba7e")
+    command = message(0x8105, None, BSJ, 1, b"\x04")
+    assert recv_exactly(s, len(ack) + len(command)) == ack + command
+    wait_status(g, device, reboot, "sent")
+    s.sendall(_bsj_frame(0x0001, struct.pack(">HHB", 1, 0x8105, 0), 0x32))
+    assert "ok" in wait_status(g, device, reboot, "confirmed")["reply"]
+
+    query = send(g, device, "position_request")
+    request = message(0x8201, None, BSJ, 2, b"")
+    assert recv_exactly(s, len(request)) == request
+    wait_status(g, device, query, "sent")
+    answer = with_body(GENERAL_RESPONSE, b"\x00\x02" + block(status=0x00000003), 0x0201)
+    s.sendall(answer)
+    wait_status(g, device, query, "confirmed")
+    rows = wait_until(lambda: positions(g, "--device", device))
+    assert rows and rows[0]["latitude"] == pytest.approx(6.152695)
+    assert_nothing_more(s, "a 0x0201 gets no reply")
+    # A location report is acknowledged once stored, with the next serial.
+    s.sendall(_bsj_frame(0x0200, block(), 0x33))
+    want = message(0x8001, None, BSJ, 3, struct.pack(">HHB", 0x33, 0x0200, 0))
+    assert recv_exactly(s, len(want)) == want
+    s.close()
