@@ -16,6 +16,7 @@ Reference: C{shared/protocols/jt808/spec.md} (its section 0 overrides the rest).
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from datetime import timedelta
@@ -114,14 +115,18 @@ def immobilizer_setting(text: str) -> str:
     return style
 
 
-def _offset(context, device_id: Optional[str]) -> timedelta:
-    text = context.setting("jt808.timezone", DEFAULT_TIMEZONE, device_id=device_id)
+@functools.lru_cache(maxsize=64)
+def _parse_offset(text: str) -> timedelta:
     try:
         normal = timezone_setting(text)
     except ValueError as e:
         raise DecodeError(f"jt808.timezone setting: {e}") from None
     minutes = int(normal[1:3]) * 60 + int(normal[4:6])
     return timedelta(minutes=-minutes if normal[0] == "-" else minutes)
+
+
+def _offset(context, device_id: Optional[str]) -> timedelta:
+    return _parse_offset(context.setting("jt808.timezone", DEFAULT_TIMEZONE, device_id=device_id))
 
 
 # -- framing -----------------------------------------------------------------
@@ -268,11 +273,12 @@ def _general_response(context, header: Header) -> bytes:
 # -- location reports --------------------------------------------------------
 
 def _time(stamp: bytes, offset: timedelta):
-    if not is_bcd(stamp):
+    digits = stamp.hex()
+    if not digits.isdigit():
         return None
-    year, month, day, hour, minute, second = (int(f"{b:02x}") for b in stamp)
     try:
-        return utc(year, month, day, hour, minute, second) - offset
+        return utc(int(digits[0:2]), int(digits[2:4]), int(digits[4:6]), int(digits[6:8]),
+                   int(digits[8:10]), int(digits[10:12])) - offset
     except DecodeError:
         return None
 
@@ -400,10 +406,12 @@ def location(body: bytes, offset: timedelta, archive: Optional[bool] = None) -> 
     if archive is not None:
         a["archive"] = archive
 
-    alarms = [name for index, name in _ALARM_BITS if bit(alarm, index)]
-    direction = a.get("jt808.area_direction")
-    if (bit(alarm, 20) or bit(alarm, 21)) and direction in (0, 1):
-        alarms.append("geofence_enter" if direction == 0 else "geofence_exit")
+    alarms = []
+    if alarm:
+        alarms = [name for index, name in _ALARM_BITS if bit(alarm, index)]
+        direction = a.get("jt808.area_direction")
+        if (bit(alarm, 20) or bit(alarm, 21)) and direction in (0, 1):
+            alarms.append("geofence_enter" if direction == 0 else "geofence_exit")
     return Position(time=time, latitude=latitude, longitude=longitude, valid=valid,
                     speed_kmh=speed / 10, course=float(course), altitude_m=float(altitude),
                     alarm=alarms, attributes=a)
