@@ -519,7 +519,8 @@ class Jt808Protocol:
                            + header.number.hex().encode("ascii"))
         elif header.id == _MEDIA:
             reply = self._media_response(context, header, header.body[:4])
-        elif header.id in _NO_REPLY:
+        elif header.id in _NO_REPLY or header.id & 0x8000:
+            # Answers to us, and platform ids (an echo of our own frames).
             reply = b""
         else:
             reply = _general_response(context, header)
@@ -569,6 +570,8 @@ class Jt808Protocol:
                 reply = self._media_response(context, header, context.state.pop("media", b""))
             return DecodeResult(device_id=device, reply=reply)
         records, confirmations = [], []
+        if header.id & 0x8000:
+            return DecodeResult(device_id=device)
         if header.id in _REASSEMBLED:
             parts = context.state.get("parts")
             if header.index == 1 or parts is None or parts[0] != (header.id, header.total):

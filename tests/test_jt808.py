@@ -257,6 +257,11 @@ def test_terminal_answers_get_no_reply(message_id):
     assert sent == [] and hub.errors == []
 
 
+def test_platform_ids_from_a_terminal_get_no_reply():
+    _, sent, hub = run([HEARTBEAT, with_body(HEARTBEAT, b"\x00\x01\x00\x02\x00", 0x8001)])
+    assert len(sent) == 1 and hub.errors == []
+
+
 def test_unknown_vendor_message_is_acknowledged():
     _, sent, hub = run([with_body(HEARTBEAT, b"\x01\x02", 0x6006)])
     (reply,) = sent
