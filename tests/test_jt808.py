@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from decoders.jt808 import (MAX_WAIT, device_id, escape, immobilizer_setting, jt808, location,
-                            message, parse, timezone_setting, unescape, unwrap)
+from decoders.jt808 import (MAX_REASSEMBLY, MAX_WAIT, device_id, escape, immobilizer_setting,
+                            jt808, location, message, parse, timezone_setting, unescape,
+                            unwrap)
 from gateway.checksums import xor8
 from gateway.context import Context
 from gateway.interfaces import DecodeError, EncodeError
@@ -310,6 +311,20 @@ def test_multimedia_packets_get_8800_after_the_last():
     assert len(sent) == 1
     header = parse(unwrap(sent[0]))
     assert header.id == 0x8800 and header.body == bytes.fromhex("0000002a00")
+
+
+def test_reassembly_is_bounded():
+    packets = _packets(0x0704, bytes(1000 * 100), [1000] * 100)
+    ctx = context()
+    errors = 0
+    for packet in packets:
+        try:
+            jt808.decode(packet, ctx)
+        except DecodeError:
+            errors += 1
+        parts = ctx.state.get("parts")
+        assert parts is None or sum(map(len, parts[1].values())) <= MAX_REASSEMBLY
+    assert errors == 1
 
 
 def test_packet_numbers_out_of_range_are_refused():
@@ -638,7 +653,8 @@ REAL = st.sampled_from([bytes.fromhex(h) for v in VECTORS for h in v["frames_hex
 def test_random_and_mutated_frames(pieces, transport):
     ctx = context(transport)
     frame_and_decode(jt808, b"".join(pieces), transport, ctx, max_frame=MAX_WAIT)
-    assert len(ctx.state.get("parts", ((0, 0), {}))[1]) <= 0xFFFF
+    parts = ctx.state.get("parts")
+    assert parts is None or sum(map(len, parts[1].values())) <= MAX_REASSEMBLY
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
