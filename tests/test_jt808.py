@@ -4,6 +4,7 @@ the location block and its items, subpackaging, commands and their
 confirmations, settings, robustness.
 """
 
+import socket
 import struct
 from datetime import datetime, timedelta, timezone
 
@@ -713,3 +714,17 @@ def test_end_to_end_commands_confirmed_on_a_real_gateway(gateway, db_url):
     want = message(0x8001, None, BSJ, 3, struct.pack(">HHB", 0x33, 0x0200, 0))
     assert recv_exactly(s, len(want)) == want
     s.close()
+
+
+def test_end_to_end_udp_acks_to_the_datagram_source(gateway, db_url):
+    g = gateway(db_url)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(10)
+    u.sendto(HEARTBEAT_2019, ("127.0.0.1", g.port))
+    assert u.recvfrom(100)[0] == bytes.fromhex("7e8001400501000000000172998417380000ffff000200867e")
+    u.sendto(LOCATION, ("127.0.0.1", g.port))
+    assert u.recvfrom(100)[0] == message(0x8001, None, bytes.fromhex("001601285614"), 1,
+                                         bytes.fromhex("0002020000"))
+    assert wait_until(lambda: positions(g, "--device", "1601285614"))
+    u.close()
