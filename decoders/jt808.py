@@ -11,7 +11,9 @@ login to wait for. Everything the terminal starts is answered with 0x8001
 (0x8100 for a registration); the terminal's answers to our requests get
 nothing.
 
-Reference: C{shared/protocols/jt808/spec.md} (its section 0 overrides the rest).
+Reference: trackport's JT/T 808 protocol notes, compiled from the standard's editions and public
+captures; "spec section N" below cites their numbering, section 0 being the
+rules that settle conflicts between sources.
 """
 
 from __future__ import annotations

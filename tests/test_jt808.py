@@ -23,7 +23,7 @@ from gateway.model import Command
 from tests import vectorcheck
 from tests.test_commands_e2e import assert_nothing_more, send, wait_status
 from tests.test_e2e import positions, recv_exactly, tcp, wait_until
-from tests.harness import (bit_flipped, detector_choice_test, frame_and_decode, frame_of,
+from tests.harness import (bit_flipped, frame_and_decode, frame_of,
                            other_vectors_refused_test, run_session, split_anywhere,
                            tcp_connection, truncated, udp_endpoint, vector_replay_test)
 
@@ -97,7 +97,6 @@ def encode(kind, ctx, **params):
 
 test_vector = vector_replay_test(VECTORS, without_errors=True)
 test_claims_no_other_vector = other_vectors_refused_test(jt808, every_prefix=True)
-test_detector_picks = detector_choice_test(jt808, VECTORS)
 
 
 def test_vector_file_is_the_shared_one():
