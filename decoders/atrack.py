@@ -30,9 +30,9 @@ from typing import List, Optional, Sequence, Tuple
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.checksums import crc16_arc
+from gateway.checksums import crc16_arc, luhn_valid
 from gateway.encoding import custom_command_bytes
-from gateway.fields import bit, unix_time, utc
+from gateway.fields import bit, optional_number, unix_time, utc
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import ALARMS, Confirmation, DecodeResult, EncodedCommand, Position, isoformat
 
@@ -118,14 +118,6 @@ class _Unknown(DecodeError):
     A custom-info token whose binary size is unknown: nothing after it can be
     located.
     """
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for i, c in enumerate(reversed(digits)):
-        d = int(c) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
 
 
 def _u16(data: bytes, at: int) -> int:
@@ -255,19 +247,9 @@ def _ascii_time(text: str) -> Optional[datetime]:
     raise DecodeError(f"bad time {text!r}")
 
 
-def _number(text: str) -> Optional[float]:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        raise DecodeError(f"not a number: {text!r}") from None
-
-
 def _degrees(text: str) -> Optional[float]:
     # Integers are millionths of a degree; a legacy firmware prints degrees.
-    value = _number(text)
+    value = optional_number(text)
     if value is None:
         return None
     return float(value) if "." in text else value / 1e6
@@ -340,7 +322,7 @@ class _Record:
         if isinstance(value, str) and name not in _STRINGS and name not in _BLOBS \
                 and name not in ("CM", "ME"):
             try:
-                value = _number(value)
+                value = optional_number(value)
             except DecodeError:
                 a[f"atrack.{name.lower()}{index}"] = value
                 return
@@ -592,11 +574,11 @@ def _ascii_records(body: str, configured) -> List[Tuple[_Record, bool]]:
         at = line_end + 2
         gps, rtc = _ascii_time(fields[0]), _ascii_time(fields[1])
         (lon, lat, course, report, odometer, hdop, inputs, speed, outputs, analog) = (
-            _degrees(fields[3]), _degrees(fields[4]), *map(_number, fields[5:13]))
+            _degrees(fields[3]), _degrees(fields[4]), *map(optional_number, fields[5:13]))
         record = _Record()
         record.standard(gps, rtc, lon, lat, course, report, odometer, hdop,
                         inputs, speed, outputs, analog, fields[13],
-                        _number(fields[14]), _number(fields[15]), text)
+                        optional_number(fields[14]), optional_number(fields[15]), text)
         understood = _ascii_custom(custom, record, configured)
         if not understood:
             record.attributes["atrack.custom"] = custom
@@ -662,7 +644,7 @@ class ATrackProtocol:
         digits = str(unit)
         # The default unit id is the IMEI, whose Luhn digit is a real check;
         # some models default to 0.
-        if len(digits) == 15 and _luhn(digits):
+        if len(digits) == 15 and luhn_valid(digits):
             return Verdict.match(90)
         return Verdict.match(60 if unit else 40)
 

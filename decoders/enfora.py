@@ -18,7 +18,9 @@ A binary report without its mask (the TT8750 "compressed" layout) cannot be
 decoded: it is recognised as C{skypatrol} on API number 5, where Traccar's
 skypatrol decoder takes binary reports, and as C{enfora} otherwise.
 
-Reference: C{shared/protocols/skypatrol/spec.md}. The device expects no reply,
+Reference: trackport's SkyPatrol/Enfora protocol notes ("spec section N"
+below), compiled from the Enfora API documents and public captures. The
+device expects no reply,
 unless it runs an output event that asks for a UDP acknowledgement
 (per-device settings C{skypatrol.udp_ack}, C{enfora.udp_ack}).
 """
@@ -359,7 +361,7 @@ class SkypatrolProtocol(_EnforaApi):
         message = _leading_message(head, transport, smallest=8)
         if not isinstance(message, _Message):
             return message
-        if message.command not in (_REPORT, _TCP_REPORT):
+        if message.command not in (_REPORT, _TCP_REPORT) or _RMC.search(message.payload):
             return Verdict.no()
         mask, fields = _mask(message, None)
         if mask is not None:
@@ -382,7 +384,7 @@ class SkypatrolProtocol(_EnforaApi):
             return DecodeResult(device_id=device_id, confirmations=[_at_reply(message.payload)])
         records = []
         mask, fields = _mask(message, context)
-        if mask is None and _printable(message.payload):
+        if _RMC.search(message.payload) or (mask is None and _printable(message.payload)):
             raise DecodeError("text payload: an Enfora ASCII message, not a binary report")
         if mask is not None and bit(mask, 0) and message.message_type is not None:
             # Only the 5-byte header's reports follow this field table; the
@@ -436,14 +438,17 @@ def _ascii_report(payload: bytes) -> Position:
         longitude = hemisphere(nmea_degrees(lon), ew)
         check_coordinates(latitude, longitude)
     # A GPGGA sentence before the GPRMC is read below, not a configured field.
-    head = _GGA_SENTENCE.sub(b"", payload[:rmc.start()]).decode("ascii").split()
+    head = _GGA_SENTENCE.sub(b"", payload[:rmc.start()]).decode("ascii", "backslashreplace").split()
     attributes = {}
     if len(head) > 2:
         # Fields the AT$EVENT configuration puts before the sentence.
         attributes["enfora.fields"] = " ".join(head[2:])
-    tail = payload[rmc.end():].decode("ascii").strip(" \r\n\x00")
-    if tail:
-        attributes["enfora.trailer"] = tail
+    tail = payload[rmc.end():].strip(b" \r\n\x00")
+    if tail and _printable(tail):
+        attributes["enfora.trailer"] = tail.decode("ascii")
+    elif tail:
+        # Binary trailer fields (odometer, battery, ... as configured).
+        attributes["enfora.trailer_hex"] = tail.hex()
     gga = _GGA.search(payload)
     altitude = None
     if gga is not None:
@@ -490,6 +495,11 @@ class EnforaProtocol(_EnforaApi):
         if not isinstance(message, _Message):
             return message
         payload = message.payload
+        rmc = _RMC.search(payload)
+        if rmc is not None:
+            # The payload names the protocol, whatever the header carries
+            # (spec section 0.6): an NMEA report is enfora's.
+            return Verdict.match(90 if _rmc_checked(rmc) else 60)
         if not _printable(payload):
             if _maskless_binary(message) and message.api != _BINARY_API and \
                     message.command in (_REPORT, _TCP_REPORT):
@@ -502,9 +512,6 @@ class EnforaProtocol(_EnforaApi):
         if len(message.options) == 4 and message.options[3] & 1:
             # A report mask with the binary flag: a SkyPatrol binary report.
             return Verdict.no()
-        rmc = _RMC.search(payload)
-        if rmc is not None:
-            return Verdict.match(90 if _rmc_checked(rmc) else 60)
         if message.command == _AT_RESPONSE:
             return Verdict.match(50)
         # A keep-alive: an id in text.
@@ -515,13 +522,15 @@ class EnforaProtocol(_EnforaApi):
         if message.command == _AT_RESPONSE:
             return DecodeResult(confirmations=[_at_reply(message.payload)])
         device_id = _device_id(message)
-        if not _printable(message.payload):
+        if _RMC.search(message.payload):
+            records = [_ascii_report(message.payload)]
+        elif not _printable(message.payload):
             if not _maskless_binary(message):
                 raise DecodeError("binary payload: a SkyPatrol masked report, not an Enfora ASCII one")
             # Its layout is configured in the device, not sent: no record.
             records = []
         else:
-            records = [_ascii_report(message.payload)] if _RMC.search(message.payload) else []
+            records = []
         reply = _udp_reply(context, "enfora.udp_ack", device_id)
         return DecodeResult(device_id=device_id, records=records, reply=reply)
 

@@ -9,13 +9,14 @@ Two wire formats share one port:
   - binary: C{F8 <version> <type> <IMEI:7> <body> <CRC-16/XMODEM> F8}, byte
     stuffed with C{1B}.
 
-Reference: C{shared/protocols/gosafe/spec.md}. Every frame carries the IMEI;
+Reference: trackport's GoSafe protocol notes ("spec section N" below),
+compiled from the GoSafe/SkyPatrol documents and public captures. Every frame
+carries the IMEI;
 there is no login. Every frame (every UDP datagram) is answered C{1234}.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import timedelta
 
@@ -24,7 +25,8 @@ from zope.interface import implementer
 
 from gateway.checksums import crc16_xmodem
 from gateway.encoding import custom_command_bytes
-from gateway.fields import bit, bits, check_coordinates, hemisphere, utc
+from gateway.fields import (bit, bits, check_coordinates, ddmmyy_hhmmss, hemisphere, optional_float,
+                            optional_int, utc)
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
 
@@ -153,19 +155,6 @@ def _skip_to_start(buffer: bytes) -> int:
 
 # -- text records ---------------------------------------------------------
 
-def _number(text: str, kind=float):
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = kind(text)
-    except ValueError:
-        raise DecodeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise DecodeError(f"not a finite number: {text!r}")
-    return value
-
-
 def _hex(text: str):
     text = text.strip()
     if not text:
@@ -179,14 +168,16 @@ def _coordinate(text: str) -> float:
     text = text.strip()
     if len(text) < 2:
         raise DecodeError(f"bad coordinate {text!r}")
-    return hemisphere(_number(text[1:]), text[0])
+    return hemisphere(optional_float(text[1:]), text[0])
 
 
 def _text_time(text: str):
-    if len(text) != 12 or not text.isdigit():
+    """
+    C{HHMMSSDDMMYY}.
+    """
+    if len(text) != 12:
         raise DecodeError(f"bad time {text!r}")
-    return utc(int(text[10:12]), int(text[8:10]), int(text[6:8]),
-               int(text[0:2]), int(text[2:4]), int(text[4:6]))
+    return ddmmyy_hhmmss(text[6:], text[:6])
 
 
 def _engine_seconds(text: str):
@@ -195,9 +186,9 @@ def _engine_seconds(text: str):
         parts = text.split("-")
         if len(parts) != 3:
             raise DecodeError(f"bad engine time {text!r}")
-        h, m, s = (_number(p, int) or 0 for p in parts)
+        h, m, s = (optional_int(p) or 0 for p in parts)
         return h * 3600 + m * 60 + s
-    hours = _number(text)
+    hours = optional_float(text)
     return None if hours is None else int(hours * 3600)
 
 
@@ -243,28 +234,28 @@ def _gps(record: _Record, items):
     flag, satellites, lat, lon, speed, course, altitude, hdop, vdop = items[:9]
     record.fix(flag == "A", _coordinate(lat) if lat else None, _coordinate(lon) if lon else None)
     if satellites:
-        record.attributes["satellites"] = _number(satellites, int)
-    record.speed = _number(speed)
-    record.course = _number(course)
-    record.altitude = _number(altitude)
+        record.attributes["satellites"] = optional_int(satellites)
+    record.speed = optional_float(speed)
+    record.course = optional_float(course)
+    record.altitude = optional_float(altitude)
     if hdop:
-        record.attributes["hdop"] = _number(hdop)
+        record.attributes["hdop"] = optional_float(hdop)
     if vdop:
-        record.attributes["gosafe.vdop"] = _number(vdop)
+        record.attributes["gosafe.vdop"] = optional_float(vdop)
 
 
 def _gsm(record: _Record, items):
     status, level, cells = items[0], items[1] if len(items) > 1 else "", items[2:]
     a = record.attributes
     if status:
-        a["gosafe.gsm_status"] = _number(status, int)
+        a["gosafe.gsm_status"] = optional_int(status)
     if level:
-        a["gosafe.signal_level"] = _number(level, int)
+        a["gosafe.signal_level"] = optional_int(level)
     found = []
     for i in range(0, len(cells) - 4, 5):
         mcc, mnc, lac, cid, rssi = cells[i:i + 5]
-        found.append({"mcc": _number(mcc, int), "mnc": _number(mnc, int),
-                      "lac": _hex(lac), "cell_id": _hex(cid), "rssi": _number(rssi, int)})
+        found.append({"mcc": optional_int(mcc), "mnc": optional_int(mnc),
+                      "lac": _hex(lac), "cell_id": _hex(cid), "rssi": optional_int(rssi)})
     if found:
         a.update(found[0])
         if len(found) > 1:
@@ -273,7 +264,7 @@ def _gsm(record: _Record, items):
 
 def _cot(record: _Record, items):
     if items[0]:
-        record.attributes["odometer_m"] = _number(items[0], int)
+        record.attributes["odometer_m"] = optional_int(items[0])
     if len(items) > 1 and items[1]:
         record.attributes["engine_hours_s"] = _engine_seconds(items[1])
 
@@ -286,7 +277,7 @@ def _adc_name(channel: int) -> str:
 def _adc(record: _Record, items):
     for channel, value in enumerate(items):
         if value:
-            record.attributes[_adc_name(channel)] = _number(value)
+            record.attributes[_adc_name(channel)] = optional_float(value)
 
 
 def _dtt(record: _Record, items):
@@ -314,8 +305,8 @@ def _iwd(record: _Record, items):
             record.attributes["driver_id"] = items[i + 2]
             i += 3
         elif kind == "1" and i + 3 < len(items):
-            record.attributes[f"temp{_number(index, int)}_c"] = _number(items[i + 3])
-            record.attributes[f"gosafe.sensor{_number(index, int)}"] = items[i + 2]
+            record.attributes[f"temp{optional_int(index)}_c"] = optional_float(items[i + 3])
+            record.attributes[f"gosafe.sensor{optional_int(index)}"] = items[i + 2]
             i += 4
         else:
             # An unknown data type has an unknown length: keep the rest raw.
@@ -354,17 +345,17 @@ def _legacy_gps(record: _Record, items):
         raise DecodeError(f"bad *GS02 time {clock!r} {date!r}")
     record.time = _text_time(clock + date)
     record.fix(flag == "A", _coordinate(lat), _coordinate(lon))
-    record.speed = _number(speed)
-    record.course = _number(course)
+    record.speed = optional_float(speed)
+    record.course = optional_float(course)
     if hdop:
-        record.attributes["hdop"] = _number(hdop)
+        record.attributes["hdop"] = optional_float(hdop)
 
 
 def _legacy_adc(record: _Record, items):
     # *GS02 lists index;value pairs (spec §0.7).
     for index, value in zip(items[0::2], items[1::2]):
         if index and value:
-            record.attributes[f"adc{_number(index, int)}_v"] = _number(value)
+            record.attributes[f"adc{optional_int(index)}_v"] = optional_float(value)
 
 
 def _legacy_cell(record: _Record, items):
@@ -372,8 +363,9 @@ def _legacy_cell(record: _Record, items):
     clock, mcc, mnc, lac, cid = items[:5]
     if len(clock) == 12 and clock.isdigit() and clock != _NO_CLOCK:
         record.time = _text_time(clock)
-    record.attributes.update({"mcc": _number(mcc, int), "mnc": _number(mnc, int),
-                              "lac": _hex(lac), "cell_id": _hex(cid)})
+    # Decimal, unlike the hex of the GSM block (spec section 0.9).
+    record.attributes.update({"mcc": optional_int(mcc), "mnc": optional_int(mnc),
+                              "lac": optional_int(lac), "cell_id": optional_int(cid)})
 
 
 def _legacy_stt(record: _Record, items):
@@ -405,7 +397,7 @@ _TEXT_BLOCKS = {
 }
 
 _LEGACY_BLOCKS = dict(_TEXT_BLOCKS, GPS=_legacy_gps, ADC=_legacy_adc, CLL=_legacy_cell,
-                      STT=_legacy_stt, MGR=_set("odometer_m", lambda t: _number(t, int)),
+                      STT=_legacy_stt, MGR=_set("odometer_m", optional_int),
                       GFS=_set("gosafe.geofence"))
 
 

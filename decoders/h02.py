@@ -5,7 +5,10 @@ protocol. One connection carries C{*XX,id,TYPE,...#} text frames and C{$} BCD
 binary frames that have neither a length nor a terminator, so the framer splits
 binary frames on structure: a valid BCD core, then the start of the next frame.
 
-Reference: C{shared/protocols/h02/spec.md} (its section 0 overrides the rest).
+Reference: trackport's H02 protocol notes, compiled from SinoTrack's documents and
+public captures; "spec section N" below cites their numbering, section 0 being
+the rules that settle conflicts between sources. docs/devices/ has the
+operator's view.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.encoding import custom_command_bytes
-from gateway.fields import bit, hemisphere, knots_to_kmh, nmea_degrees, nmea_degrees_implied, utc
+from gateway.fields import (bcd, bit, ddmmyy_hhmmss, hemisphere, knots_to_kmh, nmea_degrees,
+                            nmea_degrees_implied, utc)
 from gateway.interfaces import (DecodeError, EncodeError, ICommandEncoder, IDecoder,
                                 Outcome, Verdict)
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
@@ -31,6 +35,15 @@ _TEXT_HEAD = re.compile(
 _TEXT_PREFIX = re.compile(
     rb"\*(?:[A-Za-z](?:[A-Za-z](?:,(?:[0-9]{0,20}(?:,(?:V[0-9A-Z]{0,3}|N(?:BR?)?|L(?:I(?:NK?)?)?"
     rb"|H(?:T(?:BT?)?)?|XT?|S(?:MS?)?|B(?:A(?:SE?)?|S)?)?)?)?)?)?)?\Z")
+#: The opening of a text frame with the maker code C{HQ}/C{hq} (spec section 0,
+#: clarification 11): any type token, so a session opened with a type this
+#: decoder does not know (C{ICCID}, C{IMSI}, ...) is still recognised.
+_HQ_HEAD = re.compile(rb"\*(?:HQ|hq),[0-9]{1,20},([0-9A-Z]{1,10})[,#]")
+#: A prefix of L{_HQ_HEAD}.
+_HQ_PREFIX = re.compile(
+    rb"\*(?:H(?:Q(?:,(?:[0-9]{1,20}(?:,[0-9A-Z]{0,10})?)?)?)?|h(?:q(?:,(?:[0-9]{1,20}(?:,[0-9A-Z]{0,10})?)?)?)?)?\Z")
+#: The types L{_TEXT_HEAD} lists: those this decoder reads.
+_KNOWN_TYPE = re.compile(r"V[0-9A-Z]{0,3}|NBR|LINK|HTBT|XT|SMS|BS|BASE|")
 #: Where a text frame starts inside a stream.
 _TEXT_START = re.compile(rb"\*[A-Za-z]{2},")
 _STATUS = re.compile(r"[0-9A-Fa-f]{8}\Z")
@@ -72,7 +85,7 @@ def _core_outcome(data: bytes, id_bytes: int) -> Outcome:
     the device id takes C{id_bytes} bytes: every field BCD and in range.
     C{MORE} when C{data} ends before that is decided.
     """
-    h = data[1:id_bytes + 20].hex()
+    h = bcd(data[1:id_bytes + 20])
     id_digits = 2 * id_bytes - (1 if id_bytes == 8 else 0)  # the 8-byte IMEI has a pad nibble
     digits = h[:id_digits]
     if data[0] == _DOLLAR and digits and not digits.isdigit():
@@ -183,10 +196,9 @@ def _text_time(hhmmss: str, ddmmyy: str, attributes: dict):
     """
     if not hhmmss or not ddmmyy or ddmmyy == "000000":
         return None
-    if _HHMMSS.match(hhmmss) and _HHMMSS.match(ddmmyy):
+    if _HHMMSS.match(hhmmss):
         try:
-            return utc(int(ddmmyy[4:6]), int(ddmmyy[2:4]), int(ddmmyy[0:2]),
-                       int(hhmmss[0:2]), int(hhmmss[2:4]), int(hhmmss[4:6]))
+            return ddmmyy_hhmmss(ddmmyy, hhmmss)
         except DecodeError:
             pass
     attributes["h02.bad_time"] = f"{hhmmss},{ddmmyy}"
@@ -249,9 +261,9 @@ class H02Protocol:
         if not head:
             return Verdict.more() if transport == "tcp" else Verdict.no()
         if head[0] == _STAR:
-            if _TEXT_HEAD.match(head):
+            if _TEXT_HEAD.match(head) or _HQ_HEAD.match(head):
                 return Verdict.match(90)
-            if transport == "tcp" and _TEXT_PREFIX.match(head):
+            if transport == "tcp" and _text_prefix(head):
                 return Verdict.more()
             return Verdict.no()
         if head[0] in (_DOLLAR, _X):
@@ -278,7 +290,7 @@ class H02Protocol:
 
     def _frame_text(self, buffer: bytes) -> Tuple[Optional[bytes], int]:
         if len(buffer) < 4:
-            return (None, 0) if _TEXT_PREFIX.match(buffer) else (None, _next_marker(buffer, 1))
+            return (None, 0) if _text_prefix(buffer) else (None, _next_marker(buffer, 1))
         if not _TEXT_START.match(buffer):
             return None, _next_marker(buffer, 1)
         end = buffer.find(b"#", 1, MAX_TEXT)
@@ -345,13 +357,12 @@ class H02Protocol:
             raise DecodeError(f"binary frame too short ({len(frame)} bytes)")
         if layout is _NO:
             raise DecodeError("binary frame fails the BCD time/date/coordinate checks")
-        h = frame.hex()
+        h = bcd(frame)
         device_id = h[2:2 + 2 * layout]
         if layout == 8:
             device_id = device_id[:15]
         t = 2 + 2 * layout
-        time = utc(int(h[t + 10:t + 12]), int(h[t + 8:t + 10]), int(h[t + 6:t + 8]),
-                   int(h[t:t + 2]), int(h[t + 2:t + 4]), int(h[t + 4:t + 6]))
+        time = ddmmyy_hhmmss(h[t + 6:t + 12], h[t:t + 6])
         flags = int(h[t + 31], 16)
         valid = bool(flags & 0x2)
         lat_text, lon_text = h[t + 12:t + 20], h[t + 22:t + 31]
@@ -393,13 +404,17 @@ class H02Protocol:
         return DecodeResult(device_id=device_id, records=[record], reply=reply)
 
     def _decode_text(self, frame: bytes, context) -> DecodeResult:
-        head = _TEXT_HEAD.match(frame)
+        head = _TEXT_HEAD.match(frame) or _HQ_HEAD.match(frame)
         if head is None or frame[-1] != _HASH:
             raise DecodeError("not an H02 text frame")
         opening = head.group(0)
         maker, raw_id, kind = opening[1:-1].decode("ascii").split(",")
         device_id = raw_id or None
         rest = frame[len(opening):-1]
+        if not _KNOWN_TYPE.fullmatch(kind):
+            # A type this decoder does not read: it names the device, and
+            # nothing more is known of it (no record, no reply).
+            return DecodeResult(device_id=device_id)
         if kind in ("HTBT", "V0"):
             # The echo repeats the device's own maker code and type.
             return DecodeResult(device_id=device_id,
@@ -641,6 +656,13 @@ def _custom(params) -> EncodedCommand:
     return EncodedCommand(data=data, token=match.group(1).decode("ascii") if match else None)
 
 
+def _text_prefix(buffer: bytes, p: int = 0) -> bool:
+    """
+    Whether C{buffer[p:]} may still grow into the opening of a text frame.
+    """
+    return bool(_TEXT_PREFIX.match(buffer, p) or _HQ_PREFIX.match(buffer, p))
+
+
 def _next_marker(buffer: bytes, start: int) -> int:
     """
     Where the next possible frame starts at or after C{start}, or the end.
@@ -663,7 +685,7 @@ def _next_frame_at(buffer: bytes, p: int, own: bytes) -> Outcome:
     if marker == _STAR:
         if _TEXT_START.match(buffer, p):
             return _OK
-        return _MORE if _TEXT_PREFIX.match(buffer, p) else _NO
+        return _MORE if _text_prefix(buffer, p) else _NO
     if marker in _CRLF:
         # Line ends after a frame of a known length, and nothing else.
         return _OK if p in BINARY_LENGTHS and not buffer[p:].strip(_CRLF) else _NO

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_helpers -*-
+# -*- test-case-name: tests.test_fields -*-
 """
 Checksums used by tracker protocols, implemented once for every decoder.
 
@@ -72,11 +72,6 @@ def crc16_ccitt_false(data: bytes) -> int:
     return crc16(data, 0x1021, 0xFFFF, False)
 
 
-def crc16_kermit(data: bytes) -> int:
-    """CRC-16/KERMIT: poly 0x1021, init 0, reflected."""
-    return crc16(data, 0x1021, 0x0000, True)
-
-
 def crc16_x25(data: bytes) -> int:
     """CRC-16/X-25 (IBM-SDLC): poly 0x1021, init 0xFFFF, reflected, xorout 0xFFFF."""
     return crc16(data, 0x1021, 0xFFFF, True, 0xFFFF)
@@ -88,11 +83,6 @@ def xor8(data: bytes) -> int:
     for b in data:
         out ^= b
     return out
-
-
-def sum8(data: bytes) -> int:
-    """Sum of all bytes modulo 256."""
-    return sum(data) & 0xFF
 
 
 def luhn_valid(digits: str) -> bool:

@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_commands_devices_e2e,tests.test_registry -*-
 """
 The C{trackport} command line: run the gateway, decode frames, and look at or
-change what the database holds (DESIGN.md, "Running it").
+change what the database holds (docs/records.md, "Operator commands").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_commands -*-
+# -*- test-case-name: tests.test_commands_e2e -*-
 """
 Commands to devices: a durable queue in the C{commands} table, delivered on the
 device's live session, matched with the device's confirmation.

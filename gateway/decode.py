@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_decode -*-
+# -*- test-case-name: tests.test_h02,tests.test_registry -*-
 """
 C{trackport decode}: run chunks of one session through the same session, detector,
 framers, decoders and reply logic as the server, against a store in memory, and

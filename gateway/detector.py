@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_detector -*-
+# -*- test-case-name: tests.test_detection_all -*-
 """
 Telling which protocol a session speaks from its first bytes.
 """
@@ -31,7 +31,6 @@ class Detection:
 
     decoder: Optional[object] = None
     waiting: bool = False
-    candidates: tuple = ()
 
 
 class Detector:
@@ -81,4 +80,4 @@ class Detector:
             best = tied[0]
             log.warn("ambiguous detection between {names}, chose {name}",
                      names=[d.name for d in tied], name=best.name)
-        return Detection(decoder=best, candidates=tuple(d.name for d in tied))
+        return Detection(decoder=best)

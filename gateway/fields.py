@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_helpers -*-
+# -*- test-case-name: tests.test_fields -*-
 """
 Field parsers shared by decoders: BCD, bit fields, NMEA-style coordinates and
 device clocks.
@@ -9,6 +9,7 @@ be, so a decoder can call them without wrapping each in its own checks.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
@@ -179,15 +180,41 @@ def knots_to_kmh(knots: float) -> float:
 
 def optional_float(text: str) -> Optional[float]:
     """
-    A float from a text field; L{None} when empty, L{DecodeError} when garbage.
+    A float from a text field; L{None} when empty, L{DecodeError} when garbage
+    or not finite (C{nan}, C{inf}: no record can hold them).
     """
     text = text.strip()
     if not text:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError as e:
         raise DecodeError(f"not a number: {text!r}") from e
+    if not math.isfinite(value):
+        raise DecodeError(f"not a finite number: {text!r}")
+    return value
+
+
+def optional_int(text: str) -> Optional[int]:
+    """
+    A decimal integer from a text field; L{None} when empty, L{DecodeError}
+    when garbage.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError as e:
+        raise DecodeError(f"not an integer: {text!r}") from e
+
+
+def optional_number(text: str):
+    """
+    An C{int} when the text field has no decimal point, else a C{float} (see
+    L{optional_float}); L{None} when empty.
+    """
+    return optional_float(text) if "." in text else optional_int(text)
 
 
 def nmea_degrees_implied(text: str, decimals: int = 4) -> float:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_detector -*-
+# -*- test-case-name: tests.test_registry,tests.test_detection_all -*-
 """
 The contracts between the core and vendor plugins.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_model -*-
+# -*- test-case-name: tests.test_store -*-
 """
 Value classes passed between decoders, sessions, the store and the command queue.
 
@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 import attrs
 
-#: The alarm names a record may carry (DESIGN.md, "Records").
+#: The alarm names a record may carry (docs/records.md, "Alarms").
 ALARMS = frozenset(
     """sos power_cut power_restored low_battery low_power vibration movement
     overspeed geofence_enter geofence_exit tampering door accident
@@ -23,7 +23,7 @@ ALARMS = frozenset(
     fuel_leak temperature parking removing fall_down general""".split()
 )
 
-#: Command types the gateway knows (DESIGN.md, "Running it").
+#: Command types the gateway knows (docs/commands.md).
 COMMAND_TYPES = frozenset(
     ["engine_stop", "engine_resume", "position_request", "reboot", "set_interval", "custom"]
 )
@@ -73,7 +73,7 @@ class Position:
     @ivar valid: the device's own fix flag.
     @ivar alarm: names from L{ALARMS}.
     @ivar event: the vendor's event code or name.
-    @ivar attributes: everything else, named per DESIGN.md's vocabulary or
+    @ivar attributes: everything else, named per docs/records.md's vocabulary or
         C{<vendor>.<name>}; values must be JSON-serialisable.
     """
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_vectors_e2e -*-
 """
 What the operator commands read from the database, as JSON-ready dicts.
 """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_session -*-
 """
 The network edge: a TCP factory and a UDP protocol on the same port, both
 turning their traffic into L{Session}s.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_e2e -*-
 """
 The gateway as a L{twisted.application.service} tree: the store, the command
 queue, and TCP + UDP listeners on one port.

@@ -531,7 +531,7 @@ def encode(kind, settings_=None, **params):
     return astra.encode(command(kind, **params), Context(lookup=lambda _: dict(settings_ or {})))
 
 
-# The bytes of ../shared/protocols/astra/commands.jsonl.
+# The bytes of the Astra protocol document's command examples.
 @pytest.mark.parametrize("kind, params, hexbytes", [
     ("engine_stop", {}, "24494d4f422c33"),
     ("engine_stop", {"mode": "immediate"}, "24494d4f422c34"),

@@ -19,7 +19,7 @@ from gateway.context import Context
 from gateway.interfaces import EncodeError, Outcome
 from gateway.model import Command
 from tests import vectorcheck
-from tests.harness import (detector_choice_test, each_vector, frame_and_decode, frame_of,
+from tests.harness import (each_vector, frame_and_decode, frame_of,
                            mean_decode_seconds, other_vectors_refused_test, run_session,
                            split_anywhere, vector_replay_test)
 
@@ -115,7 +115,6 @@ def test_a_bad_crc_is_not_claimed_for_binary():
 
 
 test_claims_no_other_protocols_vectors = other_vectors_refused_test(atrack, every_prefix=True)
-test_detector_picks_atrack_among_all_plugins = detector_choice_test(atrack, VECTORS)
 
 
 # -- framing --------------------------------------------------------------
@@ -516,8 +515,7 @@ def test_position_request_is_answered_by_report_id_0():
 
 # -- commands ---------------------------------------------------------------
 
-# From ../shared/protocols/atrack/commands.jsonl (ATrack Protocol Document
-# rev 1.3.4 and Traccar's encoder).
+# From the ATrack Protocol Document rev 1.3.4 and Traccar's encoder.
 @pytest.mark.parametrize("kind, params, data", [
     ("engine_stop", {}, bytes.fromhex("4154244f5554433d312c312c302c302c300d0a")),
     ("engine_resume", {}, bytes.fromhex("4154244f5554433d312c302c302c302c300d0a")),

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decoders.enfora import MAX_FRAME, UDP_ACK, enfora
+from decoders.enfora import MAX_FRAME, UDP_ACK, enfora, skypatrol
+from gateway.detector import Detector
+from gateway.registry import discover
 from gateway.context import Context
 from gateway.interfaces import DecodeError, EncodeError
 from gateway.model import Command
@@ -114,6 +116,22 @@ def test_identity_option_header():
     framed = message[:4] + bytes([17]) + b"\x01" + imei + b"\x06" + message[5:]
     result = decode(framed)
     assert result.device_id == imei.decode() and len(result.records) == 1
+
+
+def test_gprmc_behind_the_skypatrol_identity_header_with_binary_trailer():
+    # Spec section 0.6: the name follows the payload. A GPRMC report behind the
+    # 17-byte IMEI option header on API 5 (the binary SkyPatrol API), with
+    # binary trailer bytes, is still an enfora report with its position.
+    message = message_of("enfora-014")
+    imei = b"868789021568760"
+    framed = b"\x00\x05\x02\x10\x11\x01" + imei + b"\x06" + message[5:] + b"\xff\x00\x01"
+    detection = Detector(discover().values()).detect(framed, "udp", final=True)
+    assert detection.decoder is enfora
+    result = decode(framed)
+    assert result.device_id == imei.decode() and len(result.records) == 1
+    assert result.records[0].latitude == pytest.approx(4.696361, abs=2e-5)
+    assert result.records[0].attributes["enfora.trailer_hex"].endswith("ff0001")
+    assert not skypatrol.detect(framed, "udp").matched
 
 
 def test_keepalive_has_no_position():

@@ -21,16 +21,14 @@ CHECK = b"123456789"
     (checksums.crc16_modbus, 0x4B37),
     (checksums.crc16_xmodem, 0x31C3),
     (checksums.crc16_ccitt_false, 0x29B1),
-    (checksums.crc16_kermit, 0x2189),
     (checksums.crc16_x25, 0x906E),
 ])
 def test_crc_catalogue_check_values(function, value):
     assert function(CHECK) == value
 
 
-def test_xor_and_sum():
+def test_xor():
     assert checksums.xor8(b"\x01\x02\x04") == 7
-    assert checksums.sum8(b"\xff\x02") == 1
 
 
 @pytest.mark.parametrize("text, degrees", [

@@ -248,6 +248,15 @@ def test_legacy_gs02_hdop_written_against_the_date():
     assert record.attributes["hdop"] == 1.48 and record.attributes["adc2_v"] == 4.18
 
 
+def test_legacy_gs02_cell_report_is_decimal():
+    # Spec section 0.9: the CLL block's LAC and cell id are decimal (read as hex
+    # they overflow 16 bits); only the GSM block carries hex.
+    text = b"*GS02,358696043774648,CLL:084514240315;420;1;40101;26251#"
+    record = decode(text).records[0]
+    assert record.attributes["mcc"] == 420 and record.attributes["mnc"] == 1
+    assert record.attributes["lac"] == 40101 and record.attributes["cell_id"] == 26251
+
+
 def test_legacy_gs02_report():
     text = (b"*GS02,358696043774648,GPS:084514;3;A;N24.807183;E46.616273;12;245;1.48;240315,"
             b"STT:C202;8000,MGR:5185,ADC:0;14.22;1;28.30,GFS:0;0#")

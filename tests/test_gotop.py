@@ -4,7 +4,6 @@ through the session, commands and their confirmations, robustness.
 """
 
 import functools
-import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,13 +11,12 @@ from hypothesis import strategies as st
 
 from decoders.gotop import MAX_FRAME, gotop
 from gateway.context import Context
-from gateway.detector import Detector
 from gateway.interfaces import DecodeError, EncodeError, Outcome
 from gateway.model import Command
-from gateway.registry import discover
 from gateway.session import MAX_BUFFER, Session
 from tests import vectorcheck
-from tests.harness import each_vector, frame_of, memory_hub, run_session, vector_replay_test
+from tests.harness import (each_vector, frame_and_decode, frame_of, memory_hub, other_vectors_refused_test,
+                           run_session, vector_replay_test)
 
 VECTORS = vectorcheck.load("gotop")
 BY_ID = {v["id"]: v for v in VECTORS}
@@ -91,23 +89,7 @@ def test_look_alikes_are_not_claimed(head):
         assert not gotop.detect(head, transport).matched
 
 
-def test_claims_no_other_protocols_vectors():
-    for vec in vectorcheck.load():
-        if vec["protocol"] == "gotop":
-            continue
-        transport = vec.get("transport", "any")
-        transport = transport if transport in ("tcp", "udp") else "tcp"
-        chunks = [bytes.fromhex(h) for h in vec["frames_hex"]]
-        head = b"".join(chunks) if transport == "tcp" else chunks[0]
-        for n in range(1, len(head) + 1):
-            assert not gotop.detect(head[:n], transport).matched, vec["id"]
-
-
-def test_detector_picks_gotop_among_all_plugins():
-    detector = Detector(discover().values())
-    for vec in VECTORS:
-        detection = detector.detect(frame_of(vec["id"]), "tcp", final=True)
-        assert detection.decoder is gotop
+test_claims_no_other_vector = other_vectors_refused_test(gotop, every_prefix=True)
 
 
 # -- framing --------------------------------------------------------------
@@ -317,8 +299,7 @@ def test_direction_is_the_course_but_farnear_hdop_is_not():
 
 # -- commands ---------------------------------------------------------------
 
-# From ../shared/protocols/gotop/commands.jsonl (GOTOP V5.0 document and
-# location.io's asserted bytes).
+# From the GOTOP V5.0 document and location.io's asserted bytes.
 @pytest.mark.parametrize("kind, params, data", [
     ("position_request", {}, b":123456F#"),
     ("engine_stop", {}, b":123456T1#"),
@@ -451,27 +432,8 @@ REAL_FRAMES = st.sampled_from(sorted(BY_ID)).map(frame_of)
 
 
 def check_frame_and_decode(data: bytes, transport: str) -> None:
-    buffer = data
-    context = Context(transport=transport)
-    for _ in range(len(data) + 1):
-        if not buffer:
-            return
-        frame, consumed = gotop.frame(buffer, transport)
-        assert 0 <= consumed <= len(buffer)
-        if consumed == 0:
-            assert frame is None and transport == "tcp"
-            return
-        buffer = buffer[consumed:]
-        if frame is None:
-            continue
-        assert len(frame) <= MAX_FRAME
-        try:
-            result = gotop.decode(frame, context)
-        except DecodeError:
-            continue
-        for record in result.records:
-            json.dumps(record.to_json())
-    raise AssertionError("framer did not terminate")
+    frames = frame_and_decode(gotop, data, transport, Context(transport=transport), max_frame=MAX_FRAME + 1)
+    assert all(len(frame) <= MAX_FRAME for frame in frames)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

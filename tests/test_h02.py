@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 
 from decoders.h02 import BINARY_LENGTHS, MAX_TEXT, h02
 from gateway.context import Context
-from gateway.interfaces import DecodeError, EncodeError
+from gateway.interfaces import DecodeError, EncodeError, Outcome
 from gateway.model import Command
 from tests import vectorcheck
-from tests.harness import (detector_choice_test, each_vector, feed, frame_and_decode, frame_of,
+from tests.harness import (each_vector, feed, frame_and_decode, frame_of,
                            memory_hub, tcp_connection, vector_head, vector_replay_test)
 
 VECTORS = vectorcheck.load("h02")
@@ -67,6 +67,40 @@ def summary(records):
 # -- vectors -------------------------------------------------------------------
 
 test_vector = vector_replay_test(VECTORS, without_errors=True)
+
+
+# -- types the decoder does not read (spec section 0.11) ------------------------
+
+#: A real session opening: ICCID report of a SinoTrack unit, a type no list has.
+ICCID = b"*HQ,4206119130,ICCID,89860012345678901234#"
+
+
+@pytest.mark.parametrize("opening", [ICCID, b"*hq,862061045678901,IMSI,460001234567890#",
+                                     b"*HQ,4206119130,NEWTYPE7#"])
+def test_any_type_token_after_hq_opens_a_session(opening):
+    assert h02.detect(opening, "tcp").score == 90
+    assert h02.detect(opening, "udp").score == 90
+    records, written, errors = run([opening, TEXT_V1])
+    assert len(records) == 1 and errors == []
+    # No reply for the unknown type: the only bytes written are none at all
+    # (a V1 gets no reply unless time sync is on).
+    assert written == []
+
+
+def test_unknown_type_binds_the_device_without_record_or_reply():
+    result = h02.decode(ICCID, context())
+    assert (result.device_id, result.records, result.reply) == ("4206119130", (), b"")
+
+
+def test_hq_opening_waits_for_its_type_token_on_tcp():
+    for cut in range(1, ICCID.index(b",", 16) + 1):
+        assert h02.detect(ICCID[:cut], "tcp").outcome is not Outcome.NO, ICCID[:cut]
+
+
+def test_other_maker_codes_still_need_a_known_type():
+    # EasyTrack and similar share the *XX, shape: only HQ is open-ended.
+    assert not h02.detect(b"*ET,135790246811220,MQ#", "udp").matched
+    assert not h02.detect(b"*XX,4206119130,ICCID,8986#", "udp").matched
 
 
 def test_vector_file_is_the_shared_one():
@@ -427,7 +461,7 @@ def test_heartbeat_echo_keeps_the_device_prefix():
 
 # -- commands and confirmations -------------------------------------------------
 
-# Bytes from shared/protocols/h02/commands.jsonl (Traccar's H02ProtocolEncoderTest).
+# Bytes from Traccar's H02ProtocolEncoderTest.
 COMMANDS = [
     ("engine_stop", {"time_hhmmss": "010203"}, {},
      "2a48512c3132333435363738393031323334352c5332302c3031303230332c312c3123"),
@@ -539,7 +573,6 @@ def test_claims_its_own_vectors_and_no_other(vec):
     assert h02.detect(head, transport).matched == (vec["protocol"] == "h02")
 
 
-test_detector_picks_h02_for_its_vectors = detector_choice_test(h02, VECTORS)
 
 
 def test_prefixes_ask_for_more():
