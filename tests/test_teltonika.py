@@ -27,12 +27,12 @@ from gateway.model import Command
 from gateway.server import StreamFactory
 from gateway.session import Session
 from tests import vectorcheck
-from tests.test_commands_e2e import assert_nothing_more, send, status_of, wait_status
-from tests.test_e2e import positions, recv_exactly, tcp, wait_until
-from tests.harness import (bit_flipped, detector_choice_test, device_context, each_vector,
-                           frame_and_decode, frame_of, mean_decode_seconds, memory_hub,
+from tests.harness import (bit_flipped, device_context, each_vector, frame_and_decode, frame_of,
+                           mean_decode_seconds, memory_hub,
                            other_vectors_refused_test, run_session, split_anywhere, truncated,
                            udp_endpoint, vector_replay_test)
+from tests.test_commands_e2e import assert_nothing_more, send, status_of, wait_status
+from tests.test_e2e import positions, recv_exactly, tcp, wait_until
 
 VECTORS = vectorcheck.load("teltonika")
 IMEI = "123456789012345"
@@ -90,7 +90,6 @@ def only(frame: bytes, **device_settings):
 
 test_vector = vector_replay_test(VECTORS, without_errors=True)
 test_claims_no_other_vector = other_vectors_refused_test(teltonika, every_prefix=True)
-test_detector_picks = detector_choice_test(teltonika, [v for v in VECTORS if v["transport"] == "tcp"])
 
 
 @each_vector(VECTORS)
