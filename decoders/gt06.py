@@ -544,7 +544,8 @@ def _modular(content: bytes) -> Optional[_Record]:
         data = reader.take(size)
         if kind == 0x0033 and len(data) >= 18 and not gps:
             gps = True
-            record.time = unix_time(_u(data[0:4]))
+            seconds = _u(data[0:4])
+            record.time = unix_time(seconds) if seconds else None
             record.attributes["satellites"] = data[4]
             record.altitude = float(int.from_bytes(data[5:7], "big", signed=True))
             record.speed = float(data[15])
@@ -570,20 +571,23 @@ def _text(data: bytes, utf16: bool = False) -> str:
     return "".join(c if c.isprintable() else " " for c in text.rstrip("\x00")).strip()
 
 
-def _confirmation(flag: bytes, text: str, context) -> Confirmation:
+def _confirmation(flag: bytes, text: str, context) -> Optional[Confirmation]:
+    """
+    The confirmation a reply text makes. The server flag names the command
+    (and, in this session, its type); flag 0 is a unit that does not echo, or
+    a report nobody asked for (an ICCID), which confirms nothing.
+    """
     token = flag.hex() if any(flag) else None
-    kind = None
-    for pattern, name in _REPLY_KINDS:
-        if pattern.search(text):
-            kind = name
-            break
-    if token is not None and kind is None:
-        kind = context.state.get("sent", {}).get(token)
+    if token is None and text.startswith("<ICCID:"):
+        return None
+    kind = context.state.get("sent", {}).get(token)
+    if kind is None:
+        kind = next((name for pattern, name in _REPLY_KINDS if pattern.search(text)), None)
     success = "already in the state" in text.lower() or not _FAILURE.search(text)
     return Confirmation(token=token, success=success, reply=text, command_type=kind)
 
 
-def _string_reply(content: bytes, context) -> Confirmation:
+def _string_reply(content: bytes, context) -> Optional[Confirmation]:
     """
     0x15: command length, server flag, text, language. Some units send
     length 0 and NUL-pad the text (spec §4.14).
@@ -599,7 +603,7 @@ def _string_reply(content: bytes, context) -> Confirmation:
     return _confirmation(flag, _text(text), context)
 
 
-def _long_string_reply(content: bytes, context) -> Confirmation:
+def _long_string_reply(content: bytes, context) -> Optional[Confirmation]:
     """
     0x21: server flag, encoding (1 ASCII, 2 UTF-16BE), text.
     """
@@ -713,6 +717,7 @@ class Gt06Protocol:
         elif kind == LONG_STRING_REPLY and long_frame:
             confirmations.append(_long_string_reply(content, context))
         records = [r for r in records if r is not None]
+        confirmations = [c for c in confirmations if c is not None]
 
         shift = self._zone(kind, context) if records else None
         positions = []
@@ -753,6 +758,8 @@ class Gt06Protocol:
         """
         C{(minutes east of UTC, guessed)} for a frame whose time may be local:
         the C{gt06.timezone} setting, else the login's zone word (spec §5).
+        A setting that is not a zone counts as none (C{settings_spec} refuses
+        it at C{configure}; a stored one must not cost the device its records).
         """
         if kind not in _LOCAL_TIME:
             return None
@@ -761,7 +768,7 @@ class Gt06Protocol:
             try:
                 return _zone_minutes(setting), False
             except ValueError:
-                raise DecodeError(f"bad setting gt06.timezone={setting!r}") from None
+                pass
         zone = context.state.get("zone")
         return (zone, True) if zone else None
 
@@ -780,15 +787,18 @@ class Gt06Protocol:
         return ack(kind, serial)
 
     def encode(self, command, context):
-        style = _relay_style(context.setting("gt06.relay_style") or "relay")
-        password = context.setting("gt06.password") or "000000"
-        language = _LANGUAGES[_language(context.setting("gt06.language") or "none")]
+        try:
+            style = _relay_style(context.setting("gt06.relay_style") or "relay")
+            password = _password(context.setting("gt06.password") or "000000")
+            language = _LANGUAGES[_language(context.setting("gt06.language") or "none")]
+        except ValueError as e:
+            raise EncodeError(f"bad gt06 setting: {e}") from None
         kind = command.type
         if kind in ("engine_stop", "engine_resume"):
             stop, resume = RELAY_STYLES[style]
-            text = (stop if kind == "engine_stop" else resume).format(password=_password(password))
+            text = (stop if kind == "engine_stop" else resume).format(password=password)
         elif kind == "position_request":
-            text = f"DWXX,{_password(password)}#" if style == "dyd" else "WHERE#"
+            text = f"DWXX,{password}#" if style == "dyd" else "WHERE#"
         elif kind == "reboot":
             text = "RESET#"
         elif kind == "custom":

@@ -462,7 +462,7 @@ def test_custom_text_and_set_interval():
 
 
 def test_bad_settings_refuse_the_command():
-    with pytest.raises(ValueError):
+    with pytest.raises(EncodeError):
         gt06.encode(Command(id=1, device_id="1", type="engine_stop"),
                     context(**{"gt06.relay_style": "magic"}))
 
@@ -518,6 +518,34 @@ def test_reply_names_the_command_the_session_sent_with_that_flag():
     content = b"\x0b" + bytes.fromhex(sent.token) + b"RESET OK" + b"\x00\x02"
     (c,) = gt06.decode(frame_bytes(0x15, content, 4), ctx).confirmations
     assert c.token == sent.token and c.command_type == "reboot" and c.success
+
+
+def test_a_reply_names_what_was_sent_with_its_flag_over_what_the_text_suggests():
+    ctx = context()
+    sent = gt06.encode(Command(id=5, device_id="1", type="custom",
+                               params={"text": "DYD,000000#"}), ctx)
+    text = b"DYD=Success!"
+    content = bytes([4 + len(text)]) + bytes.fromhex(sent.token) + text + b"\x00\x02"
+    (c,) = gt06.decode(frame_bytes(0x15, content, 4), ctx).confirmations
+    assert c.command_type == "custom"
+
+
+def test_an_iccid_report_confirms_nothing():
+    result = gt06.decode(frame_of("gt06-045"), context())
+    assert result.confirmations == () and result.records == ()
+
+
+def test_a_bad_timezone_setting_does_not_cost_the_records():
+    got, _, hub = run([LOGIN, LOCATION_12], settings={"gt06.timezone": "Mars"})
+    assert got[0][1]["time"] == "2017-08-08T17:20:36Z" and hub.errors == []
+
+
+def test_modular_frame_without_time_has_none():
+    module = bytes(4) + bytes([8]) + (31).to_bytes(2, "big") + (78677800).to_bytes(4, "big") \
+        + (28656149).to_bytes(4, "big") + bytes([0]) + (0x1400 | 233).to_bytes(2, "big")
+    frame = long_frame(0x70, b"\x00\x33\x00\x12" + module, 9)
+    (rec,) = decoded(frame)
+    assert rec["time"] is None and rec["valid"] is True and rec["altitude_m"] == 31
 
 
 def test_confirmation_reaches_the_hub():
