@@ -589,19 +589,21 @@ def test_end_to_end_login_ack_command_and_confirmation(gateway, db_url):
 
     g = gateway(db_url)
     imei = "123456789012345"
-    g.cli("configure", imei, "gt06.relay_style=dyd")
+    # The default relay style: a setting configured now would reach the
+    # running gateway only at its next settings poll.
     stop = send(g, imei, "engine_stop")
     s = tcp(g.port)
     s.sendall(LOGIN)
     assert recv_exactly(s, 10) == ack(0x01, 1)
-    want = command_frame(b"DYD,000000#", stop, stop)
+    want = command_frame(b"Relay,1#", stop, stop)
     # Generous: the queue reads the database on a thread of a loaded machine.
     assert recv_exactly(s, len(want), timeout=60) == want
     s.sendall(LOCATION_12)
     assert recv_exactly(s, 10) == ack(0x12, serial(LOCATION_12))
     assert len(positions(g, "--device", imei)) == 1
-    text = b"DYD=Success!"
+    text = b"Cut off the fuel supply: Success!"
     s.sendall(frame_bytes(0x15, bytes([4 + len(text)]) + stop.to_bytes(4, "big") + text
                           + b"\x00\x02", 0x18))
     assert recv_exactly(s, 10) == ack(0x15, 0x18)
-    assert wait_status(g, imei, stop, "confirmed", timeout=60)["reply"] == "DYD=Success!"
+    row = wait_status(g, imei, stop, "confirmed", timeout=60)
+    assert row["reply"] == text.decode()
