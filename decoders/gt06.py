@@ -692,6 +692,11 @@ class Gt06Protocol:
         serial = _u(frame[-6:-4])
         long_frame = frame[:2] == LONG
         crc_error = not _crc_ok(frame)
+        if crc_error and kind in (LOGIN, STRING_REPLY, LONG_STRING_REPLY):
+            # A damaged IMEI would bind the session to a device that does not
+            # exist, a damaged flag confirm another command: the device
+            # repeats a login it gets no ack for.
+            raise DecodeError(f"CRC-16/X-25 mismatch in a {kind:#04x} frame")
 
         device_id = None
         records: List[_Record] = []

@@ -198,6 +198,16 @@ def test_a_bad_crc_on_a_bound_session_is_decoded_and_flagged():
     assert sent[1] == ack(0x12, serial(LOCATION_12))
 
 
+@pytest.mark.parametrize("frame", [LOGIN, REPLY_15_HFYD])
+def test_a_bad_crc_never_names_a_device_or_confirms_a_command(frame):
+    bad = frame[:-4] + bytes([frame[-4] ^ 0x40]) + frame[-3:]
+    with pytest.raises(DecodeError):
+        gt06.decode(bad, context())
+    got, sent, hub = run([LOCATION_12, bad])
+    assert len(hub.errors) == 1 and "CRC" in hub.errors[0]
+    assert sent == [ack(0x12, serial(LOCATION_12))]
+
+
 def test_udp_datagram_with_two_frames():
     got, sent, hub = run([LOGIN + LOCATION_12], transport="udp")
     assert len(got) == 1 and hub.errors == []
