@@ -60,6 +60,9 @@ _HEX_LENGTH = {
 #: Where a frame of any variant may start inside garbage.
 _START = re.compile(rb"\+(?:RESP:|BUFF:|ACK|QRY:|RSP|BSP|EVT|BVT|INF|BNF|HBD|CRD|BRD|LGN)"
                     rb"|[+\x2d]\x00|\+\x10\x18")
+#: An ASCII header inside a binary frame still arriving: the binary frame was
+#: cut off (binary fields never spell it out).
+_TEXT_AHEAD = re.compile(rb"\+(?:RESP:GT|BUFF:GT|ACK:GT)")
 #: A new frame header inside an unterminated text frame: the text was cut off.
 _TEXT_RESTART = re.compile(rb"\+(?:RESP:GT|BUFF:GT|ACK:GT|RSP|BSP|EVT|BVT|INF|BNF|HBD)")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
@@ -152,7 +155,7 @@ def _hex_size(buf: bytes, final: bool) -> int:
         length = int.from_bytes(buf[at:at + size], "big")
         if MIN_HEX <= length <= MAX_FRAME:
             if len(buf) < length and not final:
-                return 0
+                return -1 if _TEXT_AHEAD.search(buf, 1) else 0
             if _hex_crc_ok(buf, length):
                 return length
             certain = len(buf) >= length
@@ -161,7 +164,7 @@ def _hex_size(buf: bytes, final: bool) -> int:
         if _hex_crc_ok(buf, end + 2):
             return end + 2
         end = buf.find(b"\r\n", end + 1, MAX_FRAME)
-    if certain or final or len(buf) >= MAX_FRAME:
+    if certain or final or len(buf) >= MAX_FRAME or _TEXT_AHEAD.search(buf, 1):
         return -1
     return 0
 
@@ -181,7 +184,7 @@ def _newgen_size(buf: bytes, final: bool) -> int:
         if not NEWGEN_HEARTBEAT <= size <= MAX_NEWGEN:
             return -1
     if len(buf) < size:
-        return -1 if final else 0
+        return -1 if final or _TEXT_AHEAD.search(buf, 1) else 0
     if buf[size - 1] != 0x24 or crc8_nrsc5(buf[:size - 2]) != buf[size - 2]:
         return -1
     return size
@@ -563,32 +566,47 @@ class QueclinkProtocol:
         if kind == "":
             return Verdict.more() if partial else Verdict.no()
         size = _frame_size(head, final=not partial)
-        if size < 0:
+        if size < 0 and kind != "text":
             return Verdict.no()
         if kind == "text":
-            return self._detect_text(head[:size] if size else head, complete=size > 0,
-                                     partial=partial)
+            return self._detect_text(head, size, partial)
         if size == 0:
             return Verdict.more()
         # A CRC (16 bits for HEX, 8 for new-generation) and the header.
         return Verdict.match(90 if kind == "hex" else 80)
 
     @staticmethod
-    def _detect_text(head: bytes, complete: bool, partial: bool) -> Verdict:
+    def _detect_text(head: bytes, size: int, partial: bool) -> Verdict:
+        """
+        Judge an ASCII head by its grammar. C{size} is what the framer says of
+        it: a first frame that another frame's header cuts short is judged
+        by what arrived of it.
+        """
+        complete = size > 0
+        if complete:
+            head = head[:size]
+        else:
+            cut = _TEXT_RESTART.search(head, 1)
+            if size < 0 and cut is None:
+                return Verdict.no()
+            head = head[:cut.start()] if cut else head[:MAX_FRAME]
+            if _PRINTABLE.fullmatch(head) is None:
+                return Verdict.no()
+        wait = partial and size == 0
         text = head.decode("ascii")
         fields = text.rstrip("$").split(",")
         if _NEWGEN_ACK.fullmatch(fields[0]) and not text.startswith(_GT_HEADS[2].decode()):
             if len(fields) < 3:
-                return Verdict.more() if partial and not complete else Verdict.no()
+                return Verdict.more() if wait else Verdict.no()
             return Verdict.match(60) if digits(fields[1]) and len(fields[1]) == 15 else Verdict.no()
         if not head.startswith(_GT_HEADS):
-            if partial and not complete and any(h.startswith(head) for h in _GT_HEADS):
+            if wait and any(h.startswith(head) for h in _GT_HEADS):
                 return Verdict.more()
             return Verdict.no()
         # Field 1 tells this protocol (a version) from the legacy GL100 one
         # (an IMEI there).
         if len(fields) < 3 or (not complete and len(fields) < 4):
-            return Verdict.more() if partial and not complete else Verdict.no()
+            return Verdict.more() if wait else Verdict.no()
         if not _TYPE.fullmatch(fields[0].split(":", 1)[1]) or not _VERSION.fullmatch(fields[1]) \
                 or not _UNIQUE_ID.fullmatch(fields[2]):
             return Verdict.no()
