@@ -105,7 +105,6 @@ _EVT_EXTRA = {"BPL": 2, "VGN": 7, "VGF": 7, "UPD": 3, "IDF": 4, "GSS": 5, "GES":
 _KNOWN_MASK = 0x00FC1FFF
 _NAME_BIT = 0x40
 _HEX_POSITION = struct.Struct(">B3sHhiiHBBBBBHHHHB")
-_HEX_TIME = struct.Struct(">HBBBBB")
 
 
 def _u16(data: bytes, at: int) -> int:
@@ -399,11 +398,6 @@ def _ascii_block(fields: Sequence[str], at: int, kind: str, alarms, attributes) 
 
 # -- HEX -----------------------------------------------------------------------
 
-def _hex_time(data: bytes, at: int):
-    year, month, day, hour, minute, second = _HEX_TIME.unpack_from(data, at)
-    return utc(year, month, day, hour, minute, second)
-
-
 def _hex_position(frame: bytes, at: int, event: str, alarms, attributes) -> Position:
     (accuracy, speed, course, altitude, lon, lat, year, month, day, hour, minute, second,
      mcc, mnc, lac, cell, _) = _HEX_POSITION.unpack_from(frame, at)
@@ -469,23 +463,19 @@ def _compressed(frame: bytes, end: int, attributes) -> List[Position]:
             at += 1
             continue
         check_coordinates(lat / 1e6, lon / 1e6)
-        points.append(Position(
-            time=start + timedelta(seconds=index), latitude=lat / 1e6, longitude=lon / 1e6,
-            valid=True, speed_kmh=speed / 10.0, course=course, event="FRI",
-            attributes=dict(attributes, **{"queclink.guessed": ["compressed_points"]})))
+        points.append((start + timedelta(seconds=index), lat / 1e6, lon / 1e6, speed, course))
+    # The Traccar reading the spec settles is not the vendor's: say so.
+    guessed = ["compressed_points"]
+    attributes = dict(attributes)
     if at + 9 <= end:
-        guessed: List[str] = []
-        cell = {"mcc": _decimal_hex(_u16(frame, at), guessed, "mcc"),
-                "mnc": _decimal_hex(_u16(frame, at + 2), guessed, "mnc"),
-                "lac": _u16(frame, at + 4), "cell_id": _u16(frame, at + 6)}
-        points = [Position(**{**_fields(p), "attributes": {**p.attributes, **cell}}) for p in points]
-    return points
-
-
-def _fields(position: Position) -> dict:
-    return {"time": position.time, "latitude": position.latitude, "longitude": position.longitude,
-            "valid": position.valid, "speed_kmh": position.speed_kmh, "course": position.course,
-            "altitude_m": position.altitude_m, "alarm": position.alarm, "event": position.event}
+        attributes["mcc"] = _decimal_hex(_u16(frame, at), guessed, "mcc")
+        attributes["mnc"] = _decimal_hex(_u16(frame, at + 2), guessed, "mnc")
+        attributes["lac"], attributes["cell_id"] = _u16(frame, at + 4), _u16(frame, at + 6)
+    attributes["queclink.guessed"] = guessed
+    return [Position(time=time, latitude=latitude, longitude=longitude, valid=True,
+                     speed_kmh=speed / 10.0, course=course, event="FRI",
+                     attributes=dict(attributes))
+            for time, latitude, longitude, speed, course in points]
 
 
 # -- new generation ------------------------------------------------------------

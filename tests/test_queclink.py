@@ -8,7 +8,6 @@ end-to-end run through a real twistd.
 import functools
 import json
 import os
-import socket
 import struct
 from datetime import datetime, timezone
 
@@ -24,7 +23,7 @@ from gateway.model import Command
 from tests import vectorcheck
 from tests.harness import (bit_flipped, detector_choice_test, device_context, each_vector, feed,
                            frame_and_decode, frame_of, memory_hub, other_vectors_refused_test,
-                           records, run_session, split_anywhere, truncated, vector_replay_test)
+                           run_session, split_anywhere, truncated, vector_replay_test)
 from tests.test_commands_e2e import send, wait_status
 from tests.test_e2e import recv_exactly, tcp
 
