@@ -1,12 +1,22 @@
 """
-The ceiling for bench/ingest.py: a bare Twisted server that splits GoSafe frames
-on '#' and acks each with '1234' at once — no detection, decoding or storage.
+The ceiling for bench/ingest.py: a bare Twisted server that cuts one protocol's
+frames off the stream and answers each at once with the bytes the device
+expects — no detection, decoding or storage.
+
+Usage: bare_server.py PORT [PROTOCOL]   (a module of bench/traffic/, default gosafe)
 """
 
+import os
 import sys
 
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import traffic as registry  # noqa: E402
+
+TRAFFIC = registry.load(sys.argv[2] if len(sys.argv) > 2 else "gosafe")
 
 
 class Split(Protocol):
@@ -15,14 +25,21 @@ class Split(Protocol):
 
     def dataReceived(self, data):
         self.buffer += data
-        *frames, self.buffer = self.buffer.split(b"#")
-        if frames:
-            self.transport.write(b"1234" * len(frames))
+        replies = []
+        while True:
+            frame, consumed = TRAFFIC.split(self.buffer)
+            if not consumed:
+                break
+            self.buffer = self.buffer[consumed:]
+            if frame:
+                replies.append(TRAFFIC.reply(frame))
+        if replies:
+            self.transport.write(b"".join(replies))
 
 
 class Datagrams(DatagramProtocol):
     def datagramReceived(self, data, addr):
-        self.transport.write(b"1234", addr)
+        self.transport.write(TRAFFIC.reply(data), addr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """
-Ingest benchmark: simulated devices replay real GoSafe frames over TCP and UDP
-against a real trackport process (SQLite, then PostgreSQL) and against a bare
-Twisted split-and-ack server (the ceiling), and print:
+Ingest benchmark: simulated devices replay real frames of one protocol over TCP
+and UDP against a real trackport process (SQLite, then PostgreSQL) and against
+a bare Twisted split-and-ack server (the ceiling), and print:
 
 - durable records/s (closed loop: every device sends its next frame when the
   previous one is acked, i.e. after its records committed; rows counted in the
@@ -10,13 +10,13 @@ Twisted split-and-ack server (the ceiling), and print:
 - memory per idle TCP session (RSS growth of the gateway over N identified,
   silent connections).
 
-The frames are the real multi-record GoSafe frame of the shared vector
-gosafe-036 (three buffered records, SP7600/G3SC firmware) with the IMEI and the
-record times replaced per device and per frame, so every record is distinct
-and none is deduplicated away.
+What a device sends comes from C{bench/traffic/<protocol>.py} (default: the real
+multi-record GoSafe frame of the shared vector gosafe-036, with the IMEI and the
+record times replaced per device and per frame, so every record is distinct and
+none is deduplicated away).
 
-Usage: .venv/bin/python bench/ingest.py [--db sqlite,postgresql] [--seconds 10]
-       [--devices 200] [--rate 5000] [--idle 10000] [--pg postgresql://...]
+Usage: .venv/bin/python bench/ingest.py [--protocol gosafe] [--db sqlite,postgresql]
+       [--seconds 10] [--devices 200] [--rate 5000] [--idle 10000] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
@@ -38,20 +37,16 @@ from twisted.internet.protocol import ClientFactory, DatagramProtocol, Protocol
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, ROOT)
 
-# gosafe-036, one record of which is repeated three times per frame with its time changed.
-RECORD = ("{time},,SYS:G3SC;V3.37;V1.1.8,GPS:A;10;N3.009522;E101.512320;5;137;31;0.69,"
-          "COT:27376703,ADC:25.81;4.28;2.60,DTT:5004;E1;0;0;0;3")
-RECORDS_PER_FRAME = 3  # as in gosafe-036; --records changes it
-ACK = b"1234"
-START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+from bench import traffic as registry  # noqa: E402
+
+#: The protocol's L{bench.traffic.Traffic}, chosen with C{--protocol}.
+TRAFFIC = registry.load("gosafe")
 
 
 def frame(imei: str, n: int) -> bytes:
-    base = START + timedelta(seconds=n * RECORDS_PER_FRAME)
-    records = [RECORD.format(time=(base + timedelta(seconds=i)).strftime("%H%M%S%d%m%y"))
-               for i in range(RECORDS_PER_FRAME)]
-    return f"*GS06,{imei}," .encode() + "$".join(records).encode() + b"#"
+    return TRAFFIC.frame(imei, n)
 
 
 def imei(i: int) -> str:
@@ -88,7 +83,7 @@ class Server:
         self.log = open(os.path.join(workdir, f"{kind}-{self.port}-{uuid.uuid4().hex[:6]}.log"), "wb")
         env = dict(os.environ, PYTHONPATH=ROOT)
         if kind == "bare":
-            argv = [sys.executable, os.path.join(HERE, "bare_server.py"), str(self.port)]
+            argv = [sys.executable, os.path.join(HERE, "bare_server.py"), str(self.port), TRAFFIC.name]
             ready = "bare server ready"
         else:
             argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "trackport", "--port", str(self.port),
@@ -169,9 +164,13 @@ class Device(Protocol):
     def __init__(self, run, index):
         self.run, self.index, self.n, self.buffer = run, index, 0, b""
         self.sent = []
+        self.greeted = TRAFFIC.hello is None
 
     def connectionMade(self):
-        self.run.connected(self)
+        if self.greeted:
+            self.run.connected(self)
+        else:
+            self.transport.write(TRAFFIC.hello(imei(self.index)))
 
     def send(self):
         self.sent.append(time.perf_counter())
@@ -180,18 +179,29 @@ class Device(Protocol):
 
     def dataReceived(self, data):
         self.buffer += data
-        while len(self.buffer) >= len(ACK):
-            self.buffer = self.buffer[len(ACK):]
-            self.run.acked(self, time.perf_counter() - self.sent.pop(0))
+        while True:
+            size = TRAFFIC.ack_size(self.buffer)
+            if not size:
+                return
+            self.buffer = self.buffer[size:]
+            if not self.greeted:
+                self.greeted = True
+                self.run.connected(self)
+            elif self.sent:
+                self.run.acked(self, time.perf_counter() - self.sent.pop(0))
 
 
 class UdpDevice(DatagramProtocol):
     def __init__(self, run, index, port):
         self.run, self.index, self.port, self.n = run, index, port, 0
         self.sent = []
+        self.greeted = TRAFFIC.hello is None
 
     def startProtocol(self):
-        self.run.connected(self)
+        if self.greeted:
+            self.run.connected(self)
+        else:
+            self.transport.write(TRAFFIC.hello(imei(self.index)), ("127.0.0.1", self.port))
 
     def send(self):
         self.sent.append(time.perf_counter())
@@ -199,7 +209,12 @@ class UdpDevice(DatagramProtocol):
         self.n += 1
 
     def datagramReceived(self, data, addr):
-        if data == ACK and self.sent:
+        if TRAFFIC.ack_size(data) != len(data):
+            return
+        if not self.greeted:
+            self.greeted = True
+            self.run.connected(self)
+        elif self.sent:
             self.run.acked(self, time.perf_counter() - self.sent.pop(0))
 
 
@@ -276,7 +291,7 @@ def measure(server, args, results):
         offset += args.devices
         yield task.deferLater(reactor, 1.0, lambda: None)
         after = server.rows()
-        acked_records = run.acks * RECORDS_PER_FRAME
+        acked_records = run.acks * TRAFFIC.records_per_frame
         durable = None if before is None else (after - before)
         results.append((server.kind, transport, "closed loop",
                         f"acked {acked_records / run.elapsed:,.0f} rec/s",
@@ -329,7 +344,8 @@ def idle_sessions(server, args, results, offset):
     class Once(Protocol):
         def connectionMade(self):
             connections.append(self)
-            self.transport.write(frame(imei(offset + len(connections)), 0))
+            device = imei(offset + len(connections))
+            self.transport.write((TRAFFIC.hello(device) if TRAFFIC.hello else b"") + frame(device, 0))
 
     f = ClientFactory()
     f.protocol = Once
@@ -410,7 +426,8 @@ def main(args):
         for name in dropped:
             pg_drop(args.pg, name)
         print()
-        print(f"devices={args.devices} seconds={args.seconds} records/frame={RECORDS_PER_FRAME} "
+        print(f"protocol={TRAFFIC.name} devices={args.devices} seconds={args.seconds} "
+              f"records/frame={TRAFFIC.records_per_frame} "
               f"gateway processes={args.processes} "
               f"cpus={os.cpu_count()} python={sys.version.split()[0]}")
         width = [max(len(str(r[i])) for r in results) for i in range(7)] if results else []
@@ -428,11 +445,19 @@ if __name__ == "__main__":
     ap.add_argument("--rate", type=int, default=5000)
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--idle-only", action="store_true", help="only the idle-session measurement")
-    ap.add_argument("--records", type=int, default=RECORDS_PER_FRAME, help="records per frame")
+    ap.add_argument("--protocol", default="gosafe", choices=registry.names(),
+                    help="whose frames the devices send (bench/traffic/)")
+    ap.add_argument("--records", type=int, help="records per frame (protocols whose traffic has make())")
     ap.add_argument("--processes", type=int, default=1,
                     help="gateway processes sharing the port (--reuse-port)")
     args = ap.parse_args()
-    RECORDS_PER_FRAME = args.records
+    module = __import__(f"bench.traffic.{args.protocol}", fromlist=["TRAFFIC"])
+    if args.records is not None:
+        if not hasattr(module, "make"):
+            ap.error(f"--records: {args.protocol} frames have a fixed number of records")
+        TRAFFIC = module.make(args.records)
+    else:
+        TRAFFIC = module.TRAFFIC
     _raise_nofile()
     reactor.callWhenRunning(main, args)
     reactor.run()
