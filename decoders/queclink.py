@@ -64,7 +64,8 @@ _START = re.compile(rb"\+(?:RESP:|BUFF:|ACK|QRY:|RSP|BSP|EVT|BVT|INF|BNF|HBD|CRD
 #: cut off (binary fields never spell it out).
 _TEXT_AHEAD = re.compile(rb"\+(?:RESP:GT|BUFF:GT|ACK:GT)")
 #: A new frame header inside an unterminated text frame: the text was cut off.
-_TEXT_RESTART = re.compile(rb"\+(?:RESP:GT|BUFF:GT|ACK:GT|RSP|BSP|EVT|BVT|INF|BNF|HBD)")
+_TEXT_RESTART = re.compile(rb"\+(?:RESP:GT|BUFF:GT|ACK:GT"
+                           rb"|(?:RSP|BSP|EVT|BVT|INF|BNF|HBD)[\x00-\x1f\x7f-\xff])")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 _VERSION = re.compile(r"(?:[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{4})?)?")
@@ -294,6 +295,17 @@ def _decimal_hex(value: int, guessed: List[str], name: str) -> int:
         return int(text)
     guessed.append(name)
     return value
+
+
+def _sack(context, device_id: str, count: str) -> bytes:
+    """
+    C{+SACK:<count>$} when the device is configured to wait for server acks.
+    """
+    try:
+        wanted = _flag(context.setting("queclink.sack", "0", device_id=device_id) or "0") == "1"
+    except ValueError:
+        wanted = False
+    return f"+SACK:{count}$".encode("ascii") if wanted and _COUNT.fullmatch(count) else b""
 
 
 class _Recent:
@@ -664,10 +676,7 @@ class QueclinkProtocol:
         count, send_time = fields[-1], fields[-2]
         if head == "+ACK":
             return self._text_ack(kind, fields, device_id, context)
-        reply = b""
-        if context.setting("queclink.sack", "0", device_id=device_id) == "1" \
-                and _COUNT.fullmatch(count):
-            reply = f"+SACK:{count}$".encode("ascii")
+        reply = _sack(context, device_id, count)
         if send_time and not self._fresh(context, (device_id, kind, count, send_time)):
             return DecodeResult(device_id=device_id, reply=reply)
         attributes = {"queclink.protocol_version": fields[1]}
@@ -697,10 +706,7 @@ class QueclinkProtocol:
             # makes the device drop the connection.
             reply = f"+SACK:GTHBD,{fields[1]},{count}$".encode("ascii")
             return DecodeResult(device_id=device_id, reply=reply)
-        reply = b""
-        if context.setting("queclink.sack", "0", device_id=device_id) == "1" \
-                and _COUNT.fullmatch(count):
-            reply = f"+SACK:{count}$".encode("ascii")
+        reply = _sack(context, device_id, count)
         serial = fields[-3] if len(fields) >= 7 else ""
         confirmations = ()
         if _COUNT.fullmatch(serial):
@@ -809,8 +815,8 @@ class QueclinkProtocol:
         while at < end:
             size, body = _varlen(frame, at)
             record_end = at + size
-            if size < 1 or record_end > end:
-                raise DecodeError(f"record of {size} bytes runs past the frame")
+            if body + 8 > record_end or record_end > end:
+                raise DecodeError(f"record of {size} bytes does not fit the frame")
             generated, number, record_id, event_code = struct.unpack_from(">IHBB", frame, body)
             item = body + 8
             event = f"{record_id:02X}:{event_code:02X}"
@@ -877,8 +883,7 @@ class QueclinkProtocol:
 
     @staticmethod
     def _custom(params) -> EncodedCommand:
-        data = custom_command_bytes(params)
-        text = data.decode("ascii")
+        text = custom_command_bytes(params).decode("latin-1")
         if not _CUSTOM.fullmatch(text):
             raise EncodeError("custom must be one AT+GT<CMD>=...$ (or AT@<CMD>=...$) command, "
                               "printable, with no '$' before its end")

@@ -217,6 +217,12 @@ def test_new_generation_frame_with_a_bad_check_byte_is_skipped():
     assert len(got) == 2 and len(hub.errors) == 1
 
 
+def test_new_generation_check_byte_is_crc8_nrsc5():
+    assert crc8_nrsc5(b"123456789") == 0xF7  # the catalogue's check value
+    frame = frame_of("queclink-207")
+    assert crc8_nrsc5(frame[:-2]) == frame[-2]
+
+
 def test_new_generation_heartbeat():
     body = bytes.fromhex("2b1018") + bytes.fromhex("0865134050947226") + bytes.fromhex(
         "c031000a00") + struct.pack(">IH", 1593396000, 0x0102)
@@ -528,6 +534,7 @@ def test_two_commands_in_flight_never_share_a_serial():
     {"text": ""},
     {"text": "AT+GTRTO=gv300,1,\x00,,,,,0003$"},
     {"hex": "41542b475452"},
+    {"hex": "41542b4754525f3dff24"},
 ])
 def test_custom_is_exactly_one_command(params):
     with pytest.raises(EncodeError):
