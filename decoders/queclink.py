@@ -78,6 +78,11 @@ _LATITUDE = re.compile(r"-?[0-9]{1,2}\.[0-9]+")
 _NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _TYPE = re.compile(r"GT[A-Z0-9]{3}")
+_MILEAGE = re.compile(r"[0-9]{1,7}\.[0-9]")
+_HOURS = re.compile(r"([0-9]{1,6}):([0-5][0-9]):([0-5][0-9])")
+#: Motion state (16 tow, 1A fake tow, 11/12 ignition off rest/motion, 21/22
+#: ignition on, 41/42 without an ignition signal), inputs, outputs.
+_DEVICE_STATUS = re.compile(r"(1[126A]|2[12]|4[12])([0-9A-Fa-f]{2})([0-9A-Fa-f]{2})")
 _NEWGEN_ACK = re.compile(r"\+(?:ACK|QRY):[A-Z]{2,5}")
 _PASSWORD = re.compile(r"[0-9A-Za-z]{4,6}")
 _CUSTOM = re.compile(r"AT[+@][A-Z0-9]{2,8}=[\x20-\x23\x25-\x7e]*\$?")
@@ -408,6 +413,42 @@ def _ascii_block(fields: Sequence[str], at: int, kind: str, alarms, attributes) 
         altitude_m=_number(fields[at + 3]), alarm=alarms, event=kind[2:], attributes=attributes)
 
 
+def _tail(kind: str, tail: Sequence[str]) -> dict:
+    """
+    What the fields after the last block say, read only where the vendor
+    documents put them (GV300 / GV55 / GMT100 family, spec section 5.5):
+    C{<mileage>,<hour meter>,<analog…>,<battery %>,<device status>} after
+    reports, C{<hour meter>,<mileage>} after ignition reports. Models that
+    put other fields first simply do not match. They belong to the message:
+    the caller puts them on its last record.
+    """
+    out: dict = {}
+    hours, mileage = (0, 1) if kind in ("GTIGN", "GTIGF", "GTVGN", "GTVGF") else (1, 0)
+    if len(tail) > mileage and _MILEAGE.fullmatch(tail[mileage]):
+        out["odometer_m"] = round(float(tail[mileage]) * 1000)
+    if len(tail) > hours:
+        m = _HOURS.fullmatch(tail[hours])
+        if m:
+            out["engine_hours_s"] = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3))
+    if "odometer_m" not in out:
+        return out
+    for at in range(2, min(len(tail), 8)):
+        state = _DEVICE_STATUS.fullmatch(tail[at])
+        if state is None:
+            continue
+        motion, inputs, outputs = state.group(1), state.group(2), state.group(3)
+        if motion[0] in "12":
+            out["ignition"] = motion[0] == "2"
+        if motion[1] in "12":
+            out["motion"] = motion[1] == "2"
+        out["inputs"], out["outputs"] = int(inputs, 16), int(outputs, 16)
+        battery = tail[at - 1]
+        if digits(battery) and int(battery) <= 100:
+            out["battery_level_pct"] = int(battery)
+        break
+    return out
+
+
 # -- HEX -----------------------------------------------------------------------
 
 def _hex_position(frame: bytes, at: int, event: str, alarms, attributes) -> Position:
@@ -692,7 +733,10 @@ class QueclinkProtocol:
         alarms = _ascii_alarm(kind, fields, first)
         if kind == "GTIDA" and len(fields) > 5 and fields[5]:
             attributes["driver_id"] = fields[5]
-        records = [r for r in (_ascii_block(fields, at, kind, alarms, attributes) for at in blocks)
+        tail = _tail(kind, fields[blocks[-1] + 12:len(fields) - 2]) if blocks else {}
+        records = [r for r in (_ascii_block(fields, at, kind, alarms,
+                                            {**attributes, **tail} if at == blocks[-1] else attributes)
+                               for at in blocks)
                    if r is not None]
         if not records and alarms:
             records = [Position(time=None, alarm=alarms, event=kind[2:], attributes=attributes)]

@@ -338,6 +338,27 @@ def test_alarms():
     assert alarm(text("queclink-167")) == ("power_cut",)
 
 
+def test_message_fields_after_the_blocks_where_the_vendor_puts_them():
+    """
+    GV300 document example: mileage, hour meter, two analog inputs, backup
+    battery, device status (ignition on, at rest, input 1); they go on the
+    last record of the message only.
+    """
+    record = decode(frame_of("queclink-151")).records[0]
+    assert {k: record.attributes.get(k) for k in (
+        "odometer_m", "engine_hours_s", "battery_level_pct", "ignition", "motion", "inputs",
+        "outputs")} == {"odometer_m": 2000000, "engine_hours_s": 12345 * 3600 + 12 * 60 + 34,
+                        "battery_level_pct": 80, "ignition": True, "motion": False,
+                        "inputs": 1, "outputs": 0}
+    first, last = decode(frame_of("queclink-097")).records
+    assert "odometer_m" not in first.attributes and last.attributes["odometer_m"] == 2000000
+    # Ignition reports put the hour meter first.
+    ignition_off = decode(frame_of("queclink-164")).records[0].attributes
+    assert (ignition_off["engine_hours_s"], ignition_off["odometer_m"]) == (44442754, 2000000)
+    # A model with other fields first (GV310LAU) is not read at the wrong place.
+    assert "odometer_m" not in decode(frame_of("queclink-014")).records[0].attributes
+
+
 def test_an_alarm_without_a_position_is_still_a_record():
     line = text("queclink-123").replace("121.354335,31.222073,20090214013254", ",,")
     result = decode(line.encode())
