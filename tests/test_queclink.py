@@ -642,15 +642,19 @@ def test_engine_stop_through_twistd_confirmed_by_serial(gateway, db_url):
     g = gateway(db_url)
     imei = "135790246811220"
     g.cli("configure", imei, "queclink.password=gv300", "queclink.sack=1")
+    # A running gateway picks settings up every few seconds; a restart reads
+    # them at once.
+    g.stop()
+    g.start()
     stop = send(g, imei, "engine_stop")
     s = tcp(g.port)
     report = frame_of("queclink-151")
     s.sendall(report)
     want = b"+SACK:11F0$" + f"AT+GTOUT=gv300,1,,,0,0,0,0,0,0,0,,,,,,,{stop & 0xFFFF:04X}$".encode()
-    assert recv_exactly(s, len(want)) == want
-    wait_status(g, imei, stop, "sent")
+    assert recv_exactly(s, len(want), timeout=30) == want
+    wait_status(g, imei, stop, "sent", timeout=30)
     s.sendall(f"+ACK:GTOUT,060100,{imei},,{stop & 0xFFFF:04x},20090214093300,11F1$".encode())
-    assert recv_exactly(s, 11) == b"+SACK:11F1$"
-    row = wait_status(g, imei, stop, "confirmed")
+    assert recv_exactly(s, 11, timeout=30) == b"+SACK:11F1$"
+    row = wait_status(g, imei, stop, "confirmed", timeout=30)
     assert row["reply"].startswith("+ACK:GTOUT,")
     s.close()
