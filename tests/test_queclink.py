@@ -8,7 +8,9 @@ end-to-end run through a real twistd.
 import functools
 import json
 import os
+import socket
 import struct
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -642,15 +644,23 @@ def test_engine_stop_through_twistd_confirmed_by_serial(gateway, db_url):
     g = gateway(db_url)
     imei = "135790246811220"
     g.cli("configure", imei, "queclink.password=gv300", "queclink.sack=1")
-    # A running gateway picks settings up every few seconds; a restart reads
-    # them at once.
-    g.stop()
-    g.start()
-    stop = send(g, imei, "engine_stop")
     s = tcp(g.port)
+    # The running gateway picks settings up every few seconds: report (a new
+    # count each time, so none is a resend) until the first server ack shows
+    # they are in.
     report = frame_of("queclink-151")
-    s.sendall(report)
-    want = b"+SACK:11F0$" + f"AT+GTOUT=gv300,1,,,0,0,0,0,0,0,0,,,,,,,{stop & 0xFFFF:04X}$".encode()
+    deadline = time.time() + 30
+    for count in range(0x1000, 0x2000):
+        assert time.time() < deadline, "queclink.sack=1 never took effect"
+        ack = f"+SACK:{count:04X}$".encode()
+        s.sendall(report.replace(b",11F0$", b"," + ack[6:]))
+        try:
+            if recv_exactly(s, len(ack), timeout=0.5) == ack:
+                break
+        except socket.timeout:
+            pass
+    stop = send(g, imei, "engine_stop")
+    want = f"AT+GTOUT=gv300,1,,,0,0,0,0,0,0,0,,,,,,,{stop & 0xFFFF:04X}$".encode()
     assert recv_exactly(s, len(want), timeout=30) == want
     wait_status(g, imei, stop, "sent", timeout=30)
     s.sendall(f"+ACK:GTOUT,060100,{imei},,{stop & 0xFFFF:04x},20090214093300,11F1$".encode())
