@@ -608,11 +608,11 @@ class QueclinkProtocol:
             return Verdict.no()
         if kind == "":
             return Verdict.more() if partial else Verdict.no()
-        size = _frame_size(head, final=not partial)
-        if size < 0 and kind != "text":
-            return Verdict.no()
         if kind == "text":
-            return self._detect_text(head, size, partial)
+            return self._detect_text(head, _text_size(head, final=not partial), partial)
+        size = _frame_size(head, final=not partial)
+        if size < 0:
+            return Verdict.no()
         if size == 0:
             return Verdict.more()
         # A CRC (16 bits for HEX, 8 for new-generation) and the header.
