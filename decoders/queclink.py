@@ -362,7 +362,8 @@ def _blocks(fields: Sequence[str], end: int) -> Tuple[int, List[int]]:
     else:
         return -1, []
     number = fields[first - 1]
-    announced = int(number) if digits(number) and len(number) <= 2 else 1
+    # <Number> is 1-15; any other field there announces nothing.
+    announced = int(number) if digits(number) and int(number) <= 15 else 1
     found = []
     at = first
     while at + 6 < len(fields):
