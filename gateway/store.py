@@ -281,7 +281,7 @@ def rejected_row(kind: str, reason: str, transport=None, peer=None, protocol=Non
 REJECTED_BYTES = 64 * 1024
 
 
-def _outage(error: BaseException) -> bool:
+def outage(error: BaseException) -> bool:
     """
     Whether C{error} means the database is unreachable or not answering (retry
     the same work later), rather than that it refuses this work.
@@ -618,7 +618,7 @@ class Store:
             try:
                 self._write_all(work)
             except Exception as e:
-                if not _outage(e):
+                if not outage(e):
                     # A bug, not the database: fail this work (no acks) and
                     # keep the writer alive for everyone else.
                     self._log("failure", "the writer failed on a batch; its frames are not acked",
@@ -706,7 +706,7 @@ class Store:
             with connection.begin():
                 body(connection)
         except Exception as e:
-            if _outage(e):
+            if outage(e):
                 self._drop_connection()
             raise
 
@@ -726,7 +726,7 @@ class Store:
         try:
             self._write(work)
         except Exception as e:
-            if _outage(e):
+            if outage(e):
                 raise
             # Not an outage but something the database refuses: find it, keep
             # it raw, write everything else.
@@ -773,13 +773,13 @@ class Store:
         C{refused(unit, error)}; C{done(part)} follows each committed part.
         An outage is raised at once.
         """
-        parts = deque([list(units)])
+        parts = deque([list(units)] if units else [])
         while parts:
             part = parts.popleft()
             try:
                 self._transaction(lambda connection: write(connection, part))
             except Exception as e:
-                if _outage(e):
+                if outage(e):
                     raise
                 if len(part) > 1:
                     middle = len(part) // 2
@@ -895,7 +895,7 @@ class Store:
             self._transaction(
                 lambda connection: connection.execute(schema.rejected_records.insert(), rows))
         except Exception as e:
-            if _outage(e):
+            if outage(e):
                 raise
             self._log("error", "rejected rows could not be kept: {error}",
                       error=storable.text(_first_line(e), 500))
