@@ -88,6 +88,17 @@ class Guard:
     def __init__(self, timeout: Optional[float]):
         self.timeout = timeout
         self._closing: Optional[float] = None
+        self._local = threading.local()
+
+    def take_trip(self) -> Optional[str]:
+        """
+        Why the guard last ended a call of this thread, once; L{None} if it
+        did not since the last call. (The driver's own error for the socket
+        the guard shut is less clear, and may hide behind a failed rollback.)
+        """
+        reason = getattr(self._local, "trip", None)
+        self._local.trip = None
+        return reason
 
     @property
     def closed(self) -> bool:
@@ -140,8 +151,10 @@ class Guard:
                 _watched.pop(key, None)
             if entry.tripped:
                 if self.closed:
-                    raise DatabaseUnavailable("the gateway is stopping: database call abandoned") from e
-                raise DatabaseUnavailable(f"no answer from the database in {timeout:g} s") from e
+                    self._local.trip = "the gateway is stopping: database call abandoned"
+                else:
+                    self._local.trip = f"no answer from the database in {timeout:g} s"
+                raise DatabaseUnavailable(self._local.trip) from e
             raise
         else:
             with _cond:

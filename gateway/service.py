@@ -33,6 +33,7 @@ class SettingsSync(Service):
         self.hub = hub
         self.engine = engine
         self.since = None
+        self.failing = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = hub.clock
         self.interval = interval
@@ -74,8 +75,12 @@ class SettingsSync(Service):
         try:
             changed = yield threads.deferToThread(read)
         except Exception as e:
-            log.warn("could not read device settings: {e}", e=e)
+            if not self.failing:
+                # Once per outage: the store says the database is down.
+                log.warn("could not read device settings: {e}", e=str(e).splitlines()[0])
+            self.failing = True
             return
+        self.failing = False
         self.since = stamp
         for device_id, settings in changed.items():
             self.hub.set_settings(device_id, settings)

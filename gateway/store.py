@@ -701,11 +701,18 @@ class Store:
     # -- writing ----------------------------------------------------------
 
     def _transaction(self, body) -> None:
-        connection = self._connection()
+        guard = getattr(self.engine, "trackport_guard", None)
+        if guard is not None:
+            guard.take_trip()
         try:
+            connection = self._connection()
             with connection.begin():
                 body(connection)
         except Exception as e:
+            trip = guard.take_trip() if guard is not None else None
+            if trip is not None:
+                self._drop_connection()
+                raise DatabaseUnavailable(trip) from e
             if outage(e):
                 self._drop_connection()
             raise
