@@ -48,6 +48,7 @@ _INT64 = 2 ** 63
 
 _ID = re.compile(r"[!-~]{1,%d}" % DEVICE_ID_MAX)
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_search = _UNSAFE.search
 
 
 def is_device_id(value) -> bool:
@@ -128,29 +129,51 @@ def attributes(value: Mapping[str, Any]) -> dict:
     return _value(dict(value), 0)
 
 
-def _clean(value, depth: int) -> bool:
-    # The common case, checked without building anything.
+def _clean_value(value, depth: int) -> bool:
     kind = type(value)
     if kind is str:
-        return len(value) <= ATTRIBUTE_TEXT_MAX and _UNSAFE.search(value) is None
-    if value is None or kind is bool:
-        return True
+        return len(value) <= ATTRIBUTE_TEXT_MAX and _search(value) is None
     if kind is int:
         return -_INT64 <= value < _INT64
     if kind is float:
-        return math.isfinite(value)
+        return value - value == 0.0  # false for NaN and infinities
+    if value is None or kind is bool:
+        return True
     if depth >= ATTRIBUTE_DEPTH_MAX:
         return False
     if kind is dict:
-        return all(type(k) is str and len(k) <= ATTRIBUTE_KEY_MAX and _UNSAFE.search(k) is None
-                   and _clean(v, depth + 1) for k, v in value.items())
+        return _clean(value, depth + 1)
     if kind is list or kind is tuple:
-        return all(_clean(v, depth + 1) for v in value)
+        for v in value:
+            if not _clean_value(v, depth + 1):
+                return False
+        return True
     return False
 
 
+def _clean(value: dict, depth: int) -> bool:
+    # The common case, checked without building anything: this runs for
+    # every record on the reactor thread.
+    for k, v in value.items():
+        if type(k) is not str or len(k) > ATTRIBUTE_KEY_MAX or _search(k) is not None:
+            return False
+        kind = type(v)
+        if kind is str:
+            if len(v) > ATTRIBUTE_TEXT_MAX or _search(v) is not None:
+                return False
+        elif kind is float:
+            if v - v != 0.0:
+                return False
+        elif kind is int:
+            if not -_INT64 <= v < _INT64:
+                return False
+        elif not (v is None or kind is bool or _clean_value(v, depth)):
+            return False
+    return True
+
+
 def _clean_number(value) -> bool:
-    return value is None or (type(value) is float and math.isfinite(value))
+    return value is None or (type(value) is float and value - value == 0.0)
 
 
 def position(record):
@@ -160,10 +183,12 @@ def position(record):
     above.
     """
     event = record.event
-    if ((event is None or (type(event) is str and len(event) <= EVENT_MAX and _UNSAFE.search(event) is None))
+    given = record.attributes
+    if ((event is None or (type(event) is str and len(event) <= EVENT_MAX and _search(event) is None))
             and _clean_number(record.latitude) and _clean_number(record.longitude)
             and _clean_number(record.speed_kmh) and _clean_number(record.course)
-            and _clean_number(record.altitude_m) and _clean(dict(record.attributes), 0)):
+            and _clean_number(record.altitude_m)
+            and _clean(given if type(given) is dict else dict(given), 0)):
         return record
     extra = attributes(record.attributes)
     if event is not None:
