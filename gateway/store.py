@@ -773,18 +773,59 @@ class Store:
         self._finish_rejections(work.rejections, None)
         work.learned, work.unknown = [], []
 
-    def _bisect(self, units, write, done, refused) -> None:
+    def _isolate(self, work: _Work) -> None:
         """
-        Write C{units} in as few transactions as the database allows: a part it
+        Write what the database accepts of C{work}, keep what it refuses.
+
+        On PostgreSQL the search runs in one transaction, each attempt in a
+        savepoint: a refused part costs a rollback to its savepoint, not a
+        commit. SQLite (whose driver mishandles savepoints) commits each part.
+        """
+        if self.dialect != "postgresql":
+            self._isolate_in(None, work, lambda action: action())
+            return
+        actions = []
+
+        def body(connection):
+            del actions[:]
+            self._isolate_in(connection, work, actions.append)
+
+        try:
+            self._transaction(body)
+        except Exception as e:
+            if outage(e):
+                raise
+            # Refused at commit (a deferred constraint): one transaction a part.
+            self._log("error", "the database refused the commit ({error}); isolating part by part",
+                      error=storable.text(_first_line(e), 500))
+            self._isolate_in(None, work, lambda action: action())
+            return
+        for action in actions:
+            action()
+
+    def _part(self, connection, write, part) -> None:
+        """
+        Write C{part}: in a savepoint of C{connection}, or (L{None}) in a
+        transaction of its own.
+        """
+        if connection is None:
+            self._transaction(lambda c: write(c, part))
+        else:
+            with connection.begin_nested():
+                write(connection, part)
+
+    def _bisect(self, connection, units, write, done, refused, after) -> None:
+        """
+        Write C{units} in as few parts as the database allows: a part it
         refuses is halved until each refused unit is alone, and handed to
-        C{refused(unit, error)}; C{done(part)} follows each committed part.
-        An outage is raised at once.
+        C{refused(unit, error)}; C{after(lambda: done(part))} follows each
+        part written. An outage is raised at once.
         """
         parts = deque([list(units)] if units else [])
         while parts:
             part = parts.popleft()
             try:
-                self._transaction(lambda connection: write(connection, part))
+                self._part(connection, write, part)
             except Exception as e:
                 if outage(e):
                     raise
@@ -795,69 +836,65 @@ class Store:
                 else:
                     refused(part[0], e)
                 continue
-            done(part)
+            after(lambda part=part: done(part))
 
-    def _isolate(self, work: _Work) -> None:
-        def write_items(connection, items):
+    def _isolate_in(self, connection, work: _Work, after) -> None:
+        def write_items(c, items):
             rows, devices = self._rows(items)
             if devices:
-                self._upsert_devices(connection, devices)
+                self._upsert_devices(c, devices)
             if rows:
-                self._insert_positions(connection, rows)
+                self._insert_positions(c, rows, nested=connection is not None)
 
         def items_done(items):
             self._known.update(i.device_id for i in items if i.device_id is not None)
             self._finish(items, None)
 
-        self._bisect([i for i in work.items if not i.finished], write_items, items_done,
-                     self._isolate_records)
+        self._bisect(connection, [i for i in work.items if not i.finished], write_items, items_done,
+                     lambda item, e: self._isolate_records(connection, item, e, after), after)
 
-        if self._seen:
-            seen = list(self._seen.items())
+        seen = list(self._seen.items())
 
-            def write_seen(connection, entries):
-                self._upsert_devices(connection, dict(entries))
+        def seen_refused(entry, error):
+            device_id, (protocol, transport, peer, when) = entry
+            self._keep(connection, [rejected_row("last_seen", _first_line(error), transport, peer, protocol,
+                                                 device_id, detail=json.dumps(entry, default=str))], after)
 
-            def seen_done(entries):
-                self._known.update(d for d, _ in entries)
+        self._bisect(connection, seen, lambda c, entries: self._upsert_devices(c, dict(entries)),
+                     lambda entries: self._known.update(d for d, _ in entries), seen_refused, after)
 
-            def seen_refused(entry, error):
-                device_id, (protocol, transport, peer, when) = entry
-                self._keep([rejected_row("last_seen", _first_line(error), transport, peer, protocol,
-                                         device_id, detail=json.dumps(entry, default=str))])
-
-            self._bisect(seen, write_seen, seen_done, seen_refused)
-            self._seen = {}
-            self._seen_flushed = _time.monotonic()
-
-        def write_learned(connection, entries):
+        def write_learned(c, entries):
             for device_id, settings in entries:
-                merge_settings(connection, self.dialect, device_id, settings)
+                merge_settings(c, self.dialect, device_id, settings)
 
         def learned_refused(entry, error):
             device_id, settings = entry
-            self._keep([rejected_row("settings", _first_line(error), device_id=device_id,
-                                     detail=json.dumps(settings, default=str))])
+            self._keep(connection, [rejected_row("settings", _first_line(error), device_id=device_id,
+                                                 detail=json.dumps(settings, default=str))], after)
 
-        self._bisect(work.learned, write_learned, lambda part: None, learned_refused)
-        work.learned = []
+        self._bisect(connection, work.learned, write_learned, lambda part: None, learned_refused, after)
 
         def unknown_refused(row, error):
             self._log("error", "an unrecognised frame from {peer} could not be kept: {error}",
                       peer=row["peer"], error=storable.text(_first_line(error), 500))
 
-        self._bisect(work.unknown,
-                     lambda connection, rows: connection.execute(schema.unknown_frames.insert(), rows),
-                     lambda part: None, unknown_refused)
-        work.unknown = []
+        self._bisect(connection, work.unknown,
+                     lambda c, rows: c.execute(schema.unknown_frames.insert(), rows),
+                     lambda part: None, unknown_refused, after)
 
-        self._bisect([r for r in work.rejections if not r.finished],
-                     lambda connection, rs: connection.execute(
-                         schema.rejected_records.insert(), [r.row for r in rs]),
+        self._bisect(connection, [r for r in work.rejections if not r.finished],
+                     lambda c, rs: c.execute(schema.rejected_records.insert(), [r.row for r in rs]),
                      lambda rs: self._finish_rejections(rs, None),
-                     lambda r, error: self._finish_rejections([r], error))
+                     lambda r, error: after(lambda: self._finish_rejections([r], error)), after)
 
-    def _isolate_records(self, item: _Submission, error) -> None:
+        def cleared():
+            self._seen = {}
+            self._seen_flushed = _time.monotonic()
+            work.learned, work.unknown = [], []
+
+        after(cleared)
+
+    def _isolate_records(self, connection, item: _Submission, error, after) -> None:
         """
         A frame the database refuses: write each of its records it accepts,
         keep the others raw with the reason; the frame then counts as stored.
@@ -872,42 +909,53 @@ class Store:
         device = ({item.device_id: (item.protocol, None, None, item.received)}
                   if item.device_id is not None else {})
 
-        def write(connection, part):
+        def write(c, part):
             if device:
-                self._upsert_devices(connection, device)
-            self._insert_positions(connection, [row for _, row in part])
+                self._upsert_devices(c, device)
+            self._insert_positions(c, [row for _, row in part], nested=connection is not None)
 
-        self._bisect(pairs, write, lambda part: None,
-                     lambda pair, e: refused.append((pair[0], e)))
+        self._bisect(connection, pairs, write, lambda part: None,
+                     lambda pair, e: refused.append((pair[0], e)), lambda action: None)
         if not refused:
             # Refused in a batch, accepted alone (a conflict with another row).
-            self._finish([item], None)
+            after(lambda: self._finish([item], None))
             return
-        kept = self._keep([rejected_row("record", _first_line(e), item.transport, item.peer, item.protocol,
-                                        item.device_id, item.frame, _record_json(record), item.received)
-                           for record, e in refused])
-        for record, e in refused:
-            self._log("error", "{protocol} record of device {device_id} from {peer} refused by the database"
-                      " ({reason}); {what}",
-                      protocol=item.protocol, device_id=item.device_id, peer=item.peer,
-                      reason=storable.text(_first_line(e), 500),
-                      what="kept raw in rejected_records" if kept else "it could not be kept either: no ack")
-        self._finish([item], None if kept else error)
 
-    def _keep(self, rows) -> bool:
+        def kept_or_not(kept):
+            for record, e in refused:
+                self._log("error", "{protocol} record of device {device_id} from {peer} refused by the"
+                          " database ({reason}); {what}",
+                          protocol=item.protocol, device_id=item.device_id, peer=item.peer,
+                          reason=storable.text(_first_line(e), 500),
+                          what="kept raw in rejected_records" if kept else "it could not be kept either: no ack")
+            self._finish([item], None if kept else error)
+
+        kept = self._keep(connection, [
+            rejected_row("record", _first_line(e), item.transport, item.peer, item.protocol, item.device_id,
+                         item.frame, _record_json(record), item.received)
+            for record, e in refused], after)
+        after(lambda: kept_or_not(kept))
+
+    def _keep(self, connection, rows, after) -> bool:
         """
-        Write rows of C{rejected_records} in their own transaction.
+        Write rows of C{rejected_records} (in a part of their own).
         """
+        def write(c, part):
+            c.execute(schema.rejected_records.insert(), part)
+
         try:
-            self._transaction(
-                lambda connection: connection.execute(schema.rejected_records.insert(), rows))
+            self._part(connection, write, rows)
         except Exception as e:
             if outage(e):
                 raise
             self._log("error", "rejected rows could not be kept: {error}",
                       error=storable.text(_first_line(e), 500))
             return False
-        self.rejected += len(rows)
+
+        def counted():
+            self.rejected += len(rows)
+
+        after(counted)
         return True
 
     def _connection(self):
@@ -926,7 +974,11 @@ class Store:
                 pass
             self._conn = None
 
-    def _insert_positions(self, connection, rows: List[tuple]) -> None:
+    def _insert_positions(self, connection, rows: List[tuple], nested: bool = False) -> None:
+        """
+        @param nested: in a savepoint, where the staging rows of an earlier
+            part of the same transaction must not be merged again.
+        """
         if self.dialect == "postgresql":
             # SQLAlchemy (and psycopg2's executemany) run INSERT ... ON CONFLICT
             # row by row. COPY into a per-connection staging table and one
@@ -938,6 +990,8 @@ class Store:
                 cursor.execute(_PG_STAGE)
                 cursor.copy_expert(_PG_COPY, io.StringIO(text))
                 cursor.execute(_PG_MERGE)
+                if nested:
+                    cursor.execute("DELETE FROM positions_stage")
             finally:
                 cursor.close()
         else:

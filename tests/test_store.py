@@ -283,8 +283,10 @@ def test_refused_rows_are_kept_raw_and_block_no_one(db_url):
     migrate(engine)
     _refuse(engine)
     s = Store(engine, ThreadReactor())
-    # Everything below is queued before the writer runs: one batch.
-    honest = [s.submit(f"dev{i}", "toy", "10.0.0.1:1", [rec(i)], frame=b"honest", transport="tcp")
+    # Everything below is queued before the writer runs: one batch. Records
+    # of no device are not deduplicated: each part is written once.
+    honest = [s.submit(None, "toy", "10.0.0.2:2", [rec(40), rec(41)], frame=b"no id")]
+    honest += [s.submit(f"dev{i}", "toy", "10.0.0.1:1", [rec(i)], frame=b"honest", transport="tcp")
               for i in range(20)]
     poison = s.submit("devp", "toy", "10.0.0.9:9", [rec(1), rec(2, event="refused"), rec(3)],
                       frame=b"POISON\x00FRAME", transport="udp")
@@ -297,9 +299,9 @@ def test_refused_rows_are_kept_raw_and_block_no_one(db_url):
     s.start()
     try:
         # Every frame counts as stored, the poison too (its bytes are kept).
-        assert [wait_for(d) for d in honest] == [None] * 40
+        assert [wait_for(d) for d in honest] == [None] * 41
         assert wait_for(poison) is None
-        assert count(engine) == 42
+        assert count(engine) == 44
         # Last-seen data and settings are isolated after the frames.
         deadline = time.time() + 20
         while count(engine, schema.rejected_records) < 3 and time.time() < deadline:
