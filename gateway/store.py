@@ -277,6 +277,10 @@ def rejected_row(kind: str, reason: str, transport=None, peer=None, protocol=Non
             "length": len(frame), "data": frame[:REJECTED_BYTES]}
 
 
+#: Seconds a source (device, or peer without a device id) whose records the
+#: database refused stays suspect: its frames are written apart from others'.
+SUSPECT_SECONDS = 600.0
+SUSPECTS_MAX = 10000
 #: Bytes of a rejected frame kept.
 REJECTED_BYTES = 64 * 1024
 
@@ -426,6 +430,7 @@ class Store:
         self._seen: Dict[str, tuple] = {}
         self._seen_flushed = 0.0
         self._down_since: Optional[float] = None
+        self._suspects: Dict[tuple, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
 
@@ -730,6 +735,11 @@ class Store:
     def _write_all(self, work: _Work) -> None:
         self._seen.update(work.touches)
         work.touches = {}
+        if self._suspects and any(self._suspect(i) for i in work.items):
+            # A source whose records were refused lately: its frames go in
+            # parts of their own from the start, not after a failed batch.
+            self._isolate(work, known=False)
+            return
         try:
             self._write(work)
         except Exception as e:
@@ -739,7 +749,25 @@ class Store:
             # it raw, write everything else.
             self._log("error", "the database refused a batch ({error}); isolating what it refuses",
                       error=storable.text(_first_line(e), 500))
-            self._isolate(work)
+            self._isolate(work, known=True)
+
+    @staticmethod
+    def _source(item: _Submission) -> tuple:
+        return (item.device_id, None if item.device_id is not None else item.peer)
+
+    def _suspect(self, item: _Submission) -> bool:
+        since = self._suspects.get(self._source(item))
+        if since is None:
+            return False
+        if _time.monotonic() - since > SUSPECT_SECONDS:
+            del self._suspects[self._source(item)]
+            return False
+        return True
+
+    def _suspected(self, item: _Submission) -> None:
+        if len(self._suspects) >= SUSPECTS_MAX:
+            self._suspects.clear()
+        self._suspects[self._source(item)] = _time.monotonic()
 
     def _write(self, work: _Work) -> None:
         # Device rows: a device new to this writer gets its row in the batch
@@ -773,7 +801,7 @@ class Store:
         self._finish_rejections(work.rejections, None)
         work.learned, work.unknown = [], []
 
-    def _isolate(self, work: _Work) -> None:
+    def _isolate(self, work: _Work, known: bool) -> None:
         """
         Write what the database accepts of C{work}, keep what it refuses.
 
@@ -782,13 +810,13 @@ class Store:
         commit. SQLite (whose driver mishandles savepoints) commits each part.
         """
         if self.dialect != "postgresql":
-            self._isolate_in(None, work, lambda action: action())
+            self._isolate_in(None, work, lambda action: action(), known)
             return
         actions = []
 
         def body(connection):
             del actions[:]
-            self._isolate_in(connection, work, actions.append)
+            self._isolate_in(connection, work, actions.append, known)
 
         try:
             self._transaction(body)
@@ -798,7 +826,7 @@ class Store:
             # Refused at commit (a deferred constraint): one transaction a part.
             self._log("error", "the database refused the commit ({error}); isolating part by part",
                       error=storable.text(_first_line(e), 500))
-            self._isolate_in(None, work, lambda action: action())
+            self._isolate_in(None, work, lambda action: action(), known)
             return
         for action in actions:
             action()
@@ -814,14 +842,14 @@ class Store:
             with connection.begin_nested():
                 write(connection, part)
 
-    def _bisect(self, connection, units, write, done, refused, after) -> None:
+    def _bisect(self, connection, units, write, done, refused, after, parts=None) -> None:
         """
         Write C{units} in as few parts as the database allows: a part it
         refuses is halved until each refused unit is alone, and handed to
         C{refused(unit, error)}; C{after(lambda: done(part))} follows each
         part written. An outage is raised at once.
         """
-        parts = deque([list(units)] if units else [])
+        parts = deque(parts if parts is not None else [list(units)] if units else [])
         while parts:
             part = parts.popleft()
             try:
@@ -838,7 +866,11 @@ class Store:
                 continue
             after(lambda part=part: done(part))
 
-    def _isolate_in(self, connection, work: _Work, after) -> None:
+    def _isolate_in(self, connection, work: _Work, after, known: bool) -> None:
+        """
+        @param known: the whole batch was refused already: start from its
+            halves. Frames of suspect sources start in parts of their own.
+        """
         def write_items(c, items):
             rows, devices = self._rows(items)
             if devices:
@@ -850,8 +882,17 @@ class Store:
             self._known.update(i.device_id for i in items if i.device_id is not None)
             self._finish(items, None)
 
-        self._bisect(connection, [i for i in work.items if not i.finished], write_items, items_done,
-                     lambda item, e: self._isolate_records(connection, item, e, after), after)
+        items = [i for i in work.items if not i.finished]
+        suspects = [i for i in items if self._suspects and self._suspect(i)]
+        rest = [i for i in items if not (self._suspects and self._suspect(i))]
+        if suspects:
+            parts = ([rest] if rest else []) + [[i] for i in suspects]
+        elif known and len(items) > 1:
+            parts = [items[:len(items) // 2], items[len(items) // 2:]]
+        else:
+            parts = [items] if items else []
+        self._bisect(connection, items, write_items, items_done,
+                     lambda item, e: self._isolate_records(connection, item, e, after), after, parts)
 
         seen = list(self._seen.items())
 
@@ -920,6 +961,7 @@ class Store:
             # Refused in a batch, accepted alone (a conflict with another row).
             after(lambda: self._finish([item], None))
             return
+        self._suspected(item)
 
         def kept_or_not(kept):
             for record, e in refused:

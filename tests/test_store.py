@@ -322,6 +322,14 @@ def test_refused_rows_are_kept_raw_and_block_no_one(db_url):
         assert settings["dev1"] == {"toy.y": "2"} and "refused-id" not in settings
         # The writer is not stuck: later work goes through at once.
         assert wait_for(s.submit("dev1", "toy", "p", [rec(59, speed_kmh=1.0)]), timeout=10) is None
+        # The same source again: its frames now go apart from the start.
+        again = [s.submit("devp", "toy", "10.0.0.9:9", [rec(4), rec(5, event="refused")], frame=b"AGAIN"),
+                 s.submit("dev2", "toy", "p", [rec(58, speed_kmh=2.0)])]
+        assert [wait_for(d) for d in again] == [None, None]
+        assert count(engine) == 47
+        with engine.connect() as c:
+            assert bytes(c.execute(select(schema.rejected_records.c.data).order_by(
+                schema.rejected_records.c.id.desc())).scalars().first()) == b"AGAIN"
     finally:
         wait_for(s.stop())
 
