@@ -218,6 +218,9 @@ class GatewayService(MultiService):
                 sync.apply(loaded)
                 sync.setServiceParent(self)
                 self.commands.setServiceParent(self)
+                # Devices that identified while the database was away.
+                for session in list(self.hub.sessions.values()):
+                    self.commands.device_online(session)
 
             self.store.prepare = prepare
             self.store.ready.addCallback(ready)

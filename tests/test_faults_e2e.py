@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from gateway import schema
 from gateway.store import engine_for
+from tests.conftest import Gateway
 from tests.poison import POISON
 
 # A gosafe frame of three records (vector gosafe-036), unique per device and frame.
@@ -56,14 +57,15 @@ class Device(threading.Thread):
             while not self.stop.is_set():
                 sock.sendall(frame(self.imei, self.sent))
                 self.sent += 1
-                while not self.stop.is_set() and len(buffer) < len(ACK):
+                while not self.stop.is_set() and ACK not in buffer:
                     if select.select([sock], [], [], 0.2)[0]:
                         data = sock.recv(4096)
                         if not data:
                             return
                         buffer += data
-                if len(buffer) >= len(ACK):
-                    buffer = buffer[len(ACK):]
+                if ACK in buffer:
+                    # Commands may come between acks: skip them.
+                    buffer = buffer[buffer.index(ACK) + len(ACK):]
                     self.acks.append((self.sent - 1, time.monotonic()))
                     time.sleep(0.05)
         except OSError:
@@ -314,6 +316,10 @@ def test_gateway_starts_while_database_is_down(pg_url, proxy, gateway):
     try:
         time.sleep(3)
         assert device.acks == [] and device.sent == 1  # held: no ack
+        # A command queued meanwhile (straight to the database, which only the
+        # gateway cannot reach) for the device already connected.
+        direct = Gateway(pg_url, g.workdir)
+        direct.cli("send", device.imei, "custom", "--param", "text=STATUS")
         proxy.forward()
         back = time.monotonic()
         assert wait_until(lambda: device.acks, 30)
@@ -322,9 +328,7 @@ def test_gateway_starts_while_database_is_down(pg_url, proxy, gateway):
         assert wait_until(lambda: len(device.acks) >= 3, 20)
         acked = len(device.acks)
         assert stored(pg_url) >= 3 * acked
-        # Commands reach the device: the command queue started once the
-        # database came.
-        g.cli("send", device.imei, "custom", "--param", "text=STATUS")
+        # The command queue started once the database came, and delivered.
         assert wait_until(lambda: json.loads(g.cli("commands", "--json").stdout)[0]["status"] == "sent", 20)
     finally:
         device.stop.set()
