@@ -8,10 +8,11 @@ L{run} is the scenario, for C{bench/attacks.py} or anyone: it drives honest
 closed-loop TCP devices (real GoSafe frames, as C{bench/ingest.py}) against a
 gateway already listening on 127.0.0.1 and returns the honest acks and their
 p50/p99. Run standalone, it starts a real gateway on a fresh PostgreSQL
-database (or SQLite), measures without then with the attack, and prints both.
+database (or SQLite), measures without and with the attack in alternating
+rounds, and prints the medians and every round.
 
 Usage: .venv/bin/python bench/poison.py [--db postgresql|sqlite] [--seconds 10]
-       [--devices 50] [--rate 5] [--pg postgresql://...]
+       [--devices 50] [--rate 5] [--rounds 3] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -163,22 +164,28 @@ def main(args) -> None:
         url = f"sqlite:///{workdir}/poison.db"
     _refuse_astra(url)
     server = Server(f"trackport-{args.db}", url, workdir)
+    results = {False: [], True: []}
     try:
-        rows = []
-        for label, attack, offset in (("without attack", False, 0), ("poison frames", True, 10_000)):
-            result = run(server.port, args.seconds, args.devices, args.rate, attack, offset)
-            rows.append((label, result))
-            time.sleep(2)
+        # Rounds alternate, so a machine whose load changes weighs on both alike.
+        for round_ in range(args.rounds):
+            for attack in (False, True):
+                offset = (2 * round_ + attack) * 10_000
+                results[attack].append(run(server.port, args.seconds, args.devices, args.rate, attack, offset))
+                time.sleep(2)
         log = open(server.log.name, errors="replace").read()
     finally:
         server.stop()
         if dropped:
             pg_drop(args.pg, dropped)
-    print(f"\n{args.db}, {args.devices} honest devices (closed loop, TCP), {args.seconds:g} s each; "
-          f"attacker: {len(POISON)} poison frames x {args.rate:g}/s")
-    for label, r in rows:
-        print(f"  {label:15s} honest acks {r['acks']:6d} ({r['acks_per_s']:8.1f}/s)  "
-              f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  poison frames sent {r['poison_sent']}")
+    print(f"\n{args.db}, {args.devices} honest devices (closed loop, TCP), {args.rounds} rounds of "
+          f"{args.seconds:g} s each way; attacker: {len(POISON)} poison frames x {args.rate:g}/s")
+    for attack, label in ((False, "without attack"), (True, "poison frames")):
+        rs = results[attack]
+        median = {k: sorted(r[k] for r in rs)[len(rs) // 2] for k in ("acks_per_s", "p50_ms", "p99_ms")}
+        print(f"  {label:15s} median: honest acks {median['acks_per_s']:8.1f}/s  p50 {median['p50_ms']:7.1f} ms"
+              f"  p99 {median['p99_ms']:7.1f} ms   rounds: "
+              + "; ".join(f"{r['acks_per_s']:.0f}/s {r['p50_ms']:.0f}/{r['p99_ms']:.0f} ms" for r in rs)
+              + (f"   poison frames sent {sum(r['poison_sent'] for r in rs)}" if attack else ""))
     print(f"  gateway log: {log.count('not a device id')} 'not a device id' lines, "
           f"{log.count('refused by the database')} 'refused by the database' lines")
 
@@ -190,4 +197,5 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--rate", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3, help="alternations without/with the attack")
     main(ap.parse_args())
