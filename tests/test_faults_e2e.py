@@ -367,6 +367,7 @@ def test_sigterm_is_quick_with_a_healthy_database(pg_url, gateway):
     took = time.monotonic() - began
     device.stop.set()
     device.join(5)
+    print(f"SIGTERM with a healthy database: {took:.1f}s")
     assert took <= 5, f"SIGTERM took {took:.1f}s"
     assert stored(pg_url) >= 3 * len(device.acks)
 
