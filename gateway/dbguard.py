@@ -29,9 +29,18 @@ from typing import Optional
 TICK = 0.25
 
 
-class DatabaseUnavailable(Exception):
+try:
+    from psycopg2 import OperationalError as _DriverError
+except ImportError:  # pragma: no cover - psycopg2 is a dependency
+    _DriverError = Exception
+
+
+class DatabaseUnavailable(_DriverError):
     """
     The database did not answer in time, or the gateway is stopping.
+
+    A driver error (psycopg2's C{OperationalError}), so SQLAlchemy treats it
+    as one: the connection is invalidated, not rolled back.
     """
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_faults_e2e -*-
 """
 C{trackport rejected}: what the gateway kept raw instead of storing (a frame
 naming no valid device id, a record, last-seen data or settings the database

@@ -118,7 +118,7 @@ class Proxy:
                 if self.mode == "blackhole":
                     time.sleep(0.05)
                     continue
-                if not select.select([a], [], [], 0.05)[0]:
+                if not select.select([a], [], [], 0.05)[0] or self.mode == "blackhole":
                     continue
                 data = a.recv(65536)
                 if not data:
@@ -134,6 +134,7 @@ class Proxy:
 
     def blackhole(self):
         self.mode = "blackhole"
+        time.sleep(0.2)  # a pump in select() forwards what it reads next, then stops
 
     def forward(self):
         self.mode = "forward"
