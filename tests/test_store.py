@@ -3,6 +3,7 @@ The store on real databases (SQLite file, PostgreSQL): batched commits, re-sent
 records stored once, an outage holding records (no acks) until it ends.
 """
 
+import json
 import socket
 import sqlite3
 import threading
@@ -330,6 +331,7 @@ def test_refused_rows_are_kept_raw_and_block_no_one(db_url):
         with engine.connect() as c:
             assert bytes(c.execute(select(schema.rejected_records.c.data).order_by(
                 schema.rejected_records.c.id.desc())).scalars().first()) == b"AGAIN"
+        assert s.rejected == 4
     finally:
         wait_for(s.stop())
 
@@ -375,3 +377,25 @@ def test_unstorable_values_are_stored_by_rule(db_url):
                                      "event_text": "E\\x00" + "v" * 100}
     finally:
         wait_for(s.stop())
+
+
+def test_rejected_command_lists_them_escaped(sqlite_url, capsys):
+    from gateway import cli
+
+    engine = engine_for(sqlite_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+    try:
+        assert wait_for(s.reject("device_id", "not a device id: 1\\x00\x1b[2J", "udp", "10.0.0.1:5",
+                                 "skypatrol", "1\x00\x1b[2J", b"\x00\x01raw")) is None
+    finally:
+        wait_for(s.stop())
+    assert cli.main(["rejected", "--db", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x00" not in out
+    assert "1\\x00\\x1b[2J" in out and "000172617" in out and "skypatrol" in out
+    assert cli.main(["rejected", "--json", "--db", sqlite_url]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["device_id"] == "1\\x00\\x1b[2J" and row["hex"] == "0001726177"
+    assert row["kind"] == "device_id" and row["transport"] == "udp" and row["length"] == 5
