@@ -241,6 +241,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     db(p)
     p.set_defaults(run=cmd_configure)
+
+    from gateway import rejected
+
+    rejected.add_parser(sub, db)
     return top
 
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gateway.detector import Detector
-from gateway.hexdump import hexdump
+from gateway.hexdump import hexdump, printable
 
 log = Logger()
 
@@ -60,11 +60,23 @@ class Hub:
             return base
         return {**base, **own}
 
-    def store(self, session, device_id: Optional[str], records) -> Deferred:
+    def store(self, session, device_id: Optional[str], records, frame: bytes = b"") -> Deferred:
         """
-        Hand records to the store; the L{Deferred} fires once they committed.
+        Hand records to the store; the L{Deferred} fires once they committed
+        (or, refused by the database, were kept raw with C{frame}).
         """
-        return self.store_.submit(device_id, session.protocol, session.peer, records)
+        return self.store_.submit(device_id, session.protocol, session.peer, records,
+                                  frame=frame, transport=session.transport)
+
+    def not_an_id(self, session, claimed: str, frame: bytes) -> Deferred:
+        """
+        A frame naming something that is not a device id: logged escaped and
+        kept raw with the reason; the L{Deferred} fires once it is kept.
+        """
+        reason = f"not a device id: {printable(claimed, 100)}"
+        self.error(session, f"{reason}; frame kept raw in rejected_records: {hexdump(frame)}")
+        return self.store_.reject("device_id", reason, session.transport, session.peer,
+                                  session.protocol, claimed, frame)
 
     def unknown(self, session, data: bytes) -> None:
         second = int(self.clock.seconds())
@@ -148,9 +160,15 @@ class MemoryStore:
         self.unknown_frames = []
         self.learned = {}
         self.seen = {}
+        self.rejected = []
 
-    def submit(self, device_id, protocol, peer, records) -> Deferred:
+    def submit(self, device_id, protocol, peer, records, **kw) -> Deferred:
         self.records.extend((device_id, protocol, r) for r in records)
+        return succeed(None)
+
+    def reject(self, kind, reason, transport=None, peer=None, protocol=None, device_id=None,
+               frame=b"", detail=None) -> Deferred:
+        self.rejected.append((kind, reason, device_id, bytes(frame)))
         return succeed(None)
 
     def unknown(self, transport, peer, data) -> None:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from gateway.context import Context
 from gateway.hexdump import hexdump
 from gateway.interfaces import DecodeError
+from gateway.storable import is_device_id
 
 log = Logger()
 
@@ -206,13 +207,17 @@ class Session:
             self.hub.error(self, f"decoder failed: {e!r}: {hexdump(frame)}", log_it=False)
             return
         if result.device_id and result.device_id != self.device_id:
+            if not is_device_id(result.device_id):
+                # Not an id: never bound, never a device row; kept raw.
+                self._queue_reply(self.hub.not_an_id(self, result.device_id, frame), result.reply)
+                return
             self._bind_device(result.device_id)
         device_id = result.device_id or self.device_id
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:
             self.hub.confirmed(self, device_id, result.confirmations)
-        stored = self.hub.store(self, device_id, result.records) if result.records else None
+        stored = self.hub.store(self, device_id, result.records, frame) if result.records else None
         self._queue_reply(stored, result.reply)
         self.hub.frame_done(self, device_id)
 
