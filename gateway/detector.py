@@ -82,3 +82,14 @@ class Detector:
             log.warn("ambiguous detection between {names}, chose {name}",
                      names=[d.name for d in tied], name=best.name)
         return Detection(decoder=best, candidates=tuple(d.name for d in tied))
+
+    def claims(self, decoder, head: bytes, transport: str) -> bool:
+        """
+        Whether C{decoder} matches C{head}; a decoder that raises does not
+        (its bug is logged, the data goes on to full detection).
+        """
+        try:
+            return decoder.detect(head, transport).matched
+        except Exception:
+            log.failure("decoder {name} raised in detect()", name=decoder.name)
+            return False
