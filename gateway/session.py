@@ -35,7 +35,7 @@ MAX_BUFFER = 256 * 1024
 #: Records of one session that may wait for the database; beyond them a TCP
 #: connection is not read and a UDP datagram is not acked, so one device's
 #: history flush waits on its own socket, not in front of everyone's.
-MAX_WAITING = 1000
+MAX_WAITING = 200
 #: Acks (and commands) of one session that may wait for earlier records.
 MAX_REPLIES = 256
 #: Error lines one session may log every L{ERROR_PERIOD} seconds; the rest are

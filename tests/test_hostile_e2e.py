@@ -125,7 +125,7 @@ def test_a_history_flush_does_not_queue_ahead_of_an_honest_device(gateway, tmp_p
     reader.start()
     blocker = sqlite3.connect(str(db), isolation_level=None, timeout=30)
     blocker.execute("BEGIN EXCLUSIVE")
-    frames = 20 * MAX_WAITING
+    frames = 20_000
     try:
         # History: one record a frame, far more than the per-session bound,
         # sent while the database holds everything back.
