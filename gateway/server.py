@@ -10,9 +10,11 @@ import resource
 import socket
 from typing import Dict, Tuple
 
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.ratelog import Budget
 from gateway.session import Session
@@ -79,6 +81,26 @@ class StreamProtocol(Protocol):
         # NAT that forgot the mapping): nothing would flush a graceful close.
         self.transport.abortConnection()
 
+    def talking(self) -> bool:
+        """
+        Whether the peer sent bytes not read yet (in a flood of accepts, a
+        device's first frame may wait in the kernel while it is the oldest
+        undetected connection).
+        """
+        sock = getattr(self.transport, "socket", None)
+        try:
+            return sock is not None and bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+
+    def shed(self) -> None:
+        # Close the socket now, not at the reactor's next turn: its file
+        # descriptor is wanted for the connection being accepted (one accept
+        # loop may take hundreds).
+        self.abort()
+        if getattr(self.transport, "socket", None) is not None:
+            self.transport.connectionLost(Failure(ConnectionAborted()))
+
 
 class _Sweeper:
     """
@@ -141,13 +163,19 @@ class StreamFactory(Factory):
         if self.limit is not None and len(self.live) > self.limit:
             # Shed the oldest connection that has not said what it is (it may
             # be the new one): the process keeps accepting, and devices that
-            # did identify keep their sessions.
-            victim = next(iter(self.undetected))
+            # did identify keep their sessions. One whose bytes wait unread
+            # goes to the back of the line instead, a few times at most.
+            for _ in range(8):
+                victim = next(iter(self.undetected))
+                if victim is protocol or not victim.talking():
+                    break
+                del self.undetected[victim]
+                self.undetected[victim] = None
             if self._shed.allow():
                 log.warn("{n} connections, limit {limit} (open files): shedding undetected {peer}",
                          n=len(self.live), limit=self.limit, peer=victim.session.peer)
             self.closed(victim)
-            victim.abort()
+            victim.shed()
 
     def detected(self, protocol) -> None:
         self.undetected.pop(protocol, None)
