@@ -35,7 +35,7 @@ class Hub:
 
     def __init__(self, decoders: Mapping[str, object], store, clock, settings=None):
         self.decoders = dict(decoders)
-        self.detector = Detector(self.decoders.values())
+        self.detector = Detector(self.decoders.values(), clock)
         self.store_ = store
         self.clock = clock
         self._settings = settings if settings is not None else {}

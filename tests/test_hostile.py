@@ -260,3 +260,23 @@ def test_error_budget_is_per_session(logged, monkeypatch):
         noisy.dataReceived(b"TOY,n,BAD\n")
     quiet.dataReceived(b"TOY,q,BAD\n")
     assert any("TOY,q,BAD" in line for line in logged)
+
+
+def test_detect_failures_are_rate_limited_and_escaped(logged):
+    class Raising:
+        name, transports, frame, decode = toy.name, toy.transports, toy.frame, toy.decode
+
+        def detect(self, head, transport):
+            raise ValueError(head.decode("latin-1"))
+
+    clock = Clock()
+    hub = Hub({"toy": Raising()}, MemoryStore(), clock)
+    endpoint = DatagramEndpoint(hub)
+    endpoint.makeConnection(UdpTransport())
+    for i in range(50):
+        endpoint.datagramReceived(b"\x1b[2J crafted", ("127.0.0.1", 3000 + i))
+    failures = [line for line in logged if "raised in detect()" in line]
+    assert len(failures) == 5
+    assert all("\x1b" not in line for line in logged)
+    clock.advance(10)
+    assert any("45 more detect() failures" in line for line in logged)
