@@ -143,7 +143,7 @@ class Session:
         self.last_seen = self.hub.clock.seconds()
         if self._busy():
             # The device keeps an unacked datagram and sends it again.
-            self._complain("too many records wait for the database, datagram not acked", data,
+            self._error("too many records wait for the database, datagram not acked", data,
                            garbage=False)
             return
         decoder = self.decoder
@@ -252,7 +252,7 @@ class Session:
             self._error(f"bad frame: {e}", frame)
             return
         except Exception as e:
-            self._complain(f"decoder failed: {e!r}", frame, failure=True)
+            self._error(f"decoder failed: {e!r}", frame, failure=True)
             return
         self._good += len(frame)
         if result.device_id and result.device_id != self.device_id:
@@ -292,7 +292,7 @@ class Session:
             def failed(failure):
                 self._waiting -= records
                 reply.state = "failed"
-                self._complain(f"records not stored, no ack sent: {failure.getErrorMessage()}", b"",
+                self._error(f"records not stored, no ack sent: {failure.getErrorMessage()}", b"",
                                garbage=False)
                 self._flush()
 
@@ -355,10 +355,7 @@ class Session:
                 self._budget.flush()
             self._close()
 
-    def _error(self, what: str, data: bytes) -> None:
-        self._complain(what, data)
-
-    def _complain(self, what: str, data: bytes, garbage: bool = True, failure: bool = False) -> None:
+    def _error(self, what: str, data: bytes, garbage: bool = True, failure: bool = False) -> None:
         """
         Report bad input: logged within this session's budget (the rest is
         counted in a summary line), and counted against the session as
