@@ -42,9 +42,11 @@ MAX_REPLIES = 256
 #: counted in one summary line.
 ERRORS_PER_PERIOD = 5
 ERROR_PERIOD = 10.0
-#: Bytes of garbage (skipped, unframeable, undecodable) after which a session
-#: that sent mostly garbage (more than L{GARBAGE_SHARE} of its bytes since the
-#: last check) is closed.
+#: A session is closed when, over L{GARBAGE_SECONDS} or more, it sent at least
+#: L{GARBAGE_BYTES} of garbage (skipped, unframeable, undecodable) and that was
+#: more than L{GARBAGE_SHARE} of its bytes: a device that lost its way for a
+#: moment keeps its session, one that floods garbage does not.
+GARBAGE_SECONDS = 10.0
 GARBAGE_BYTES = 64 * 1024
 GARBAGE_SHARE = 0.75
 
@@ -76,7 +78,7 @@ class Session:
     # A gateway holds one per connected device, mostly idle: keep them small.
     __slots__ = ("hub", "transport", "peer", "write", "_close", "_pause", "_resume", "decoder",
                  "device_id", "context", "open", "last_seen", "_buffer", "_replies", "_detect_timer",
-                 "_waiting", "_held", "_budget", "_good", "_bad")
+                 "_waiting", "_held", "_budget", "_good", "_bad", "_since")
 
     def __init__(self, hub, transport: str, peer: str,
                  write: Callable[[bytes], None], close: Callable[[], None],
@@ -105,6 +107,7 @@ class Session:
         self._held = False
         self._budget: Optional[Budget] = None
         self._good = self._bad = 0
+        self._since = self.last_seen
         # The detection deadline runs from accept: a connection that never
         # sends a byte must not hold a file descriptor until the idle timeout.
         self._detect_timer = (hub.clock.callLater(DETECT_SECONDS, self._detect_timeout)
@@ -368,9 +371,11 @@ class Session:
         self.hub.error(self, text, log_it=self._budget.allow(), failure=failure)
         if garbage:
             self._bad += len(data)
-            if self._bad >= GARBAGE_BYTES:
-                total, bad = self._bad + self._good, self._bad
+            now = self.hub.clock.seconds()
+            if now - self._since >= GARBAGE_SECONDS:
+                bad, total = self._bad, self._bad + self._good
                 self._bad = self._good = 0
-                if bad > GARBAGE_SHARE * total and self.open:
+                self._since = now
+                if bad >= GARBAGE_BYTES and bad > GARBAGE_SHARE * total and self.open:
                     self.hub.error(self, f"closed: {bad} of its last {total} bytes were garbage")
                     self.close()

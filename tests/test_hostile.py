@@ -17,7 +17,7 @@ from gateway import session as session_module
 from gateway.hexdump import printable
 from gateway.hub import UNKNOWN_PER_SECOND, Hub, MemoryStore
 from gateway.server import DatagramEndpoint, StreamFactory
-from gateway.session import (DETECT_SECONDS, ERROR_PERIOD, ERRORS_PER_PERIOD, GARBAGE_BYTES,
+from gateway.session import (DETECT_SECONDS, ERROR_PERIOD, ERRORS_PER_PERIOD, GARBAGE_SECONDS,
                              MAX_REPLIES, MAX_WAITING, Session)
 from tests.test_session import HeldStore
 from tests.toy import toy
@@ -141,17 +141,33 @@ def test_error_lines_of_a_session_are_rate_limited_with_a_summary(logged):
     assert transport.connected
 
 
-def test_a_session_sending_mostly_garbage_is_closed(logged):
-    hub, protocol, transport = tcp()
+def test_a_session_sending_mostly_garbage_for_a_while_is_closed(logged):
+    clock = Clock()
+    hub, protocol, transport = tcp(clock=clock)
     protocol.dataReceived(b"TOY,g,1\n")
-    sent = 0
-    while transport.connected and sent < 10 * GARBAGE_BYTES:
-        protocol.dataReceived(b"\x00garbage" * 512)
-        sent += 4096
+    # A burst of garbage is survived...
+    protocol.dataReceived(b"\x00garbage" * 64 * 1024)
+    assert transport.connected
+    # ...a flood that goes on is not: 0.5 MB/s in pieces of 50 KB.
+    for _ in range(int(GARBAGE_SECONDS * 10) + 1):
+        clock.advance(0.1)
+        protocol.dataReceived(b"\x00garbage" * 6 * 1024)
+        if not transport.connected:
+            break
     assert not transport.connected
-    assert sent <= GARBAGE_BYTES + 4096
-    assert len([line for line in logged if "skipped" in line]) <= ERRORS_PER_PERIOD
+    assert clock.seconds() <= GARBAGE_SECONDS + 0.2
+    # Two error periods began: at most a budget each.
+    assert len([line for line in logged if "skipped" in line]) <= 2 * ERRORS_PER_PERIOD
     assert any("garbage" in line and "closed" in line for line in logged)
+
+
+def test_some_garbage_among_good_frames_keeps_the_session():
+    clock = Clock()
+    hub, protocol, transport = tcp(clock=clock)
+    for _ in range(300):  # a minute: as much garbage as frames
+        clock.advance(0.2)
+        protocol.dataReceived(b"TOY,ok,1," + b"x" * 2000 + b"\n" + b"\x00" * 2000)
+    assert transport.connected
 
 
 def test_a_connection_that_sends_nothing_is_dropped_at_the_detection_deadline():

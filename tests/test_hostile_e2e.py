@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from gateway.session import DETECT_SECONDS, ERRORS_PER_PERIOD, MAX_WAITING
+from gateway.session import DETECT_SECONDS, ERRORS_PER_PERIOD, GARBAGE_SECONDS, MAX_WAITING
 from tests.conftest import free_port
 from tests.test_e2e import TOY, recv_exactly, tcp, wait_until
 
@@ -66,15 +66,17 @@ def test_garbage_flood_closes_the_session_and_bounds_the_log(gateway, sqlite_url
     bad = tcp(g.port)
     bad.sendall(b"TOY,flood,1\n")
     assert recv_exactly(bad, 10) == b"ACK,flood\n"
-    sent = 0
+    sent, began = 0, time.monotonic()
     try:
-        while sent < 4 << 20:
+        # 0.5 MB/s, for longer than the gateway tolerates garbage.
+        while time.monotonic() - began < GARBAGE_SECONDS + 20:
             bad.sendall(b"\x00garbage" * 1024)
             sent += 9 * 1024
+            time.sleep(max(0.0, began + sent / 500_000 - time.monotonic()))
     except (BrokenPipeError, ConnectionResetError):
         pass
     assert closed_by_peer(bad, 20)
-    assert sent < 4 << 20
+    assert time.monotonic() - began < GARBAGE_SECONDS + 20
     honest = tcp(g.port)
     honest.sendall(b"TOY,honest,1\n")
     assert recv_exactly(honest, 11) == b"ACK,honest\n"
