@@ -98,8 +98,9 @@ class StreamProtocol(Protocol):
         # descriptor is wanted for the connection being accepted (one accept
         # loop may take hundreds).
         self.abort()
-        if getattr(self.transport, "socket", None) is not None:
-            self.transport.connectionLost(Failure(ConnectionAborted()))
+        lost = getattr(self.transport, "connectionLost", None)
+        if lost is not None:
+            lost(Failure(ConnectionAborted()))
 
 
 class _Sweeper:

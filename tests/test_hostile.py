@@ -296,3 +296,25 @@ def test_detect_failures_are_rate_limited_and_escaped(logged):
     assert all("\x1b" not in line for line in logged)
     clock.advance(10)
     assert any("45 more detect() failures" in line for line in logged)
+
+
+def test_a_connection_whose_first_bytes_wait_unread_is_not_shed():
+    import socket
+
+    hub = Hub({"toy": toy}, MemoryStore(), Clock())
+    factory = StreamFactory(hub, limit=2)
+    pairs = []
+    for _ in range(2):
+        protocol, transport = connect(factory)
+        ours, theirs = socket.socketpair()
+        transport.socket = ours  # what the real transport reads from
+        pairs.append((protocol, transport, ours, theirs))
+    pairs[0][3].sendall(b"TOY,early,1\n")  # the oldest has spoken; not read yet
+    try:
+        newest, newest_transport = connect(factory)
+        assert pairs[0][1].connected
+        assert not pairs[1][1].connected and newest_transport.connected
+    finally:
+        for _, _, ours, theirs in pairs:
+            ours.close()
+            theirs.close()
