@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import resource
 import socket
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -149,7 +149,7 @@ class StreamFactory(Factory):
     protocol = StreamProtocol
     noisy = False
 
-    def __init__(self, hub, idle: float = 3600.0, limit: int = None):
+    def __init__(self, hub, idle: float = 3600.0, limit: Optional[int] = None):
         self.hub = hub
         self.live = set()
         self.undetected: Dict[StreamProtocol, None] = {}
