@@ -29,6 +29,8 @@ FD_RESERVE = 64
 #: UDP peers remembered at most (about 1.4 KB each); beyond that a new peer's
 #: datagrams are not acked until the sweeper forgets silent ones.
 MAX_PEERS = 100_000
+#: Connections accepted at most in one turn of the reactor.
+ACCEPTS_PER_TURN = 64
 
 
 def connection_limit(reserve: int = FD_RESERVE) -> int:
@@ -159,6 +161,12 @@ class StreamFactory(Factory):
             "{n} more connections shed at the file descriptor limit", n=n))
 
     def opened(self, protocol) -> None:
+        port = getattr(protocol.transport, "server", None)
+        if getattr(port, "numberAccepts", 0) > ACCEPTS_PER_TURN:
+            # Twisted accepts ever more connections per reactor turn while
+            # they keep coming; in a connection flood that starves the
+            # devices already connected.
+            port.numberAccepts = ACCEPTS_PER_TURN
         self.live.add(protocol)
         self.undetected[protocol] = None
         if self.limit is not None and len(self.live) > self.limit:

@@ -318,3 +318,18 @@ def test_a_connection_whose_first_bytes_wait_unread_is_not_shed():
         for _, _, ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_accepts_per_reactor_turn_are_capped():
+    from gateway.server import ACCEPTS_PER_TURN
+
+    class Port:
+        numberAccepts = 1000  # what Twisted grows it to in a connection flood
+
+    hub = Hub({"toy": toy}, MemoryStore(), Clock())
+    factory = StreamFactory(hub)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransportWithDisconnection()
+    transport.protocol, transport.server = protocol, Port()
+    protocol.makeConnection(transport)
+    assert transport.server.numberAccepts == ACCEPTS_PER_TURN
