@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hostile -*-
+# -*- test-case-name: tests.test_hostile_e2e -*-
 """
 The log file of C{twistd trackport}, bounded.
 
