@@ -101,3 +101,32 @@ def luhn_valid(digits: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+# -- CRC-8 -------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _table8(poly: int) -> tuple:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        table.append(crc)
+    return tuple(table)
+
+
+def crc8(data: bytes, poly: int, init: int, xorout: int = 0) -> int:
+    """
+    An 8-bit CRC with the catalogue's parameters, not reflected.
+    """
+    table = _table8(poly)
+    crc = init
+    for b in data:
+        crc = table[crc ^ b]
+    return crc ^ xorout
+
+
+def crc8_nrsc5(data: bytes) -> int:
+    """CRC-8/NRSC-5: poly 0x31, init 0xFF, not reflected, no final XOR."""
+    return crc8(data, 0x31, 0xFF)

@@ -35,7 +35,11 @@ def _table(rows, columns):
     if not rows:
         print("(none)")
         return
-    text = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    from gateway.hexdump import printable
+
+    # Ids, peers and text come from devices: escaped, so a device cannot write
+    # terminal control sequences to the operator's screen.
+    text = [[("" if r.get(c) is None else printable(r.get(c), 1000)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
     for t in text:
@@ -241,6 +245,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     db(p)
     p.set_defaults(run=cmd_configure)
+
+    from gateway import rejected
+
+    rejected.add_parser(sub, db)
     return top
 
 

@@ -9,8 +9,11 @@ from typing import Iterable, Optional
 
 import attrs
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from gateway.hexdump import printable
 from gateway.interfaces import Outcome
+from gateway.ratelog import Budget
 
 log = Logger()
 
@@ -39,7 +42,14 @@ class Detector:
     specific match.
     """
 
-    def __init__(self, decoders: Iterable[object]):
+    def __init__(self, decoders: Iterable[object], clock=None):
+        """
+        @param clock: when given, decoder failures are logged at most 5 every
+            10 s (crafted input may make a buggy C{detect()} fail on every
+            datagram).
+        """
+        self._failures = None if clock is None else Budget(clock, 5, 10.0, lambda n: log.warn(
+            "{n} more detect() failures in 10 s not logged", n=n))
         self.decoders = tuple(decoders)
         self._by_transport = {
             t: tuple(d for d in self.decoders if t in d.transports) for t in ("tcp", "udp")
@@ -61,7 +71,7 @@ class Detector:
             try:
                 verdict = decoder.detect(head, transport)
             except Exception:
-                log.failure("decoder {name} raised in detect()", name=decoder.name)
+                self._failed(decoder)
                 continue
             if verdict.outcome is Outcome.MORE:
                 more = True
@@ -81,3 +91,20 @@ class Detector:
             log.warn("ambiguous detection between {names}, chose {name}",
                      names=[d.name for d in tied], name=best.name)
         return Detection(decoder=best)
+
+    def claims(self, decoder, head: bytes, transport: str) -> bool:
+        """
+        Whether C{decoder} matches C{head}; a decoder that raises does not
+        (its bug is logged, the data goes on to full detection).
+        """
+        try:
+            return decoder.detect(head, transport).matched
+        except Exception:
+            self._failed(decoder)
+            return False
+
+    def _failed(self, decoder) -> None:
+        if self._failures is None or self._failures.allow():
+            # The exception may quote the device's bytes: escaped, line by line.
+            trace = "\n".join(printable(t, 500) for t in Failure().getTraceback().splitlines())
+            log.error("decoder {name} raised in detect():\n{trace}", name=decoder.name, trace=trace)

@@ -13,9 +13,11 @@ from typing import Dict, Mapping, Optional
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.detector import Detector
-from gateway.hexdump import hexdump
+from gateway.hexdump import hexdump, printable
+from gateway.ratelog import Budget
 
 log = Logger()
 
@@ -33,7 +35,7 @@ class Hub:
 
     def __init__(self, decoders: Mapping[str, object], store, clock, settings=None):
         self.decoders = dict(decoders)
-        self.detector = Detector(self.decoders.values())
+        self.detector = Detector(self.decoders.values(), clock)
         self.store_ = store
         self.clock = clock
         self._settings = settings if settings is not None else {}
@@ -41,9 +43,8 @@ class Hub:
         self.commands = None
         self.errors = []
         self.keep_errors = False
-        self._unknown_second = None
-        self._unknown_count = 0
-        self._unknown_dropped = 0
+        self._unknown = Budget(clock, UNKNOWN_PER_SECOND, 1.0, lambda n: log.warn(
+            "{n} more unrecognised sessions/datagrams not logged nor kept", n=n))
 
     # -- what sessions call ----------------------------------------------
 
@@ -60,11 +61,13 @@ class Hub:
             return base
         return {**base, **own}
 
-    def store(self, session, device_id: Optional[str], records) -> Deferred:
+    def store(self, session, device_id: Optional[str], records, frame: bytes = b"") -> Deferred:
         """
-        Hand records to the store; the L{Deferred} fires once they committed.
+        Hand records to the store; the L{Deferred} fires once they committed
+        (or, refused by the database, were kept raw with C{frame}).
         """
-        return self.store_.submit(device_id, session.protocol, session.peer, records)
+        return self.store_.submit(device_id, session.protocol, session.peer, records,
+                                  frame=frame, transport=session.transport)
 
     def withheld(self, session, records) -> None:
         """
@@ -76,19 +79,26 @@ class Hub:
         if show is not None and records:
             show(session.protocol, records)
 
-    def unknown(self, session, data: bytes) -> None:
-        second = int(self.clock.seconds())
-        if second != self._unknown_second:
-            if self._unknown_dropped:
-                log.warn("{n} more unrecognised sessions/datagrams not logged nor kept",
-                         n=self._unknown_dropped)
-            self._unknown_second, self._unknown_count, self._unknown_dropped = second, 0, 0
-        if self._unknown_count >= UNKNOWN_PER_SECOND:
-            self._unknown_dropped += 1
+    def not_an_id(self, session, claimed: str, frame: bytes) -> Deferred:
+        """
+        A frame naming something that is not a device id: logged escaped and
+        kept raw with the reason; the L{Deferred} fires once it is kept.
+        """
+        reason = f"not a device id: {printable(claimed, 100)}"
+        self.error(session, f"{reason}; frame kept raw in rejected_records: {hexdump(frame)}")
+        return self.store_.reject("device_id", reason, session.transport, session.peer,
+                                  session.protocol, claimed, frame)
+
+    def unknown(self, session, data: bytes, why: Optional[str] = None) -> None:
+        """
+        A session or datagram no decoder recognises (or, with C{why}, that
+        never said anything): logged and kept within L{UNKNOWN_PER_SECOND}.
+        """
+        if not self._unknown.allow():
             return
-        self._unknown_count += 1
-        self.error(session, f"no decoder recognises the data: {hexdump(data)}")
-        self.store_.unknown(session.transport, session.peer, data)
+        self.error(session, why or f"no decoder recognises the data: {hexdump(data)}")
+        if data:
+            self.store_.unknown(session.transport, session.peer, data)
 
     def identified(self, session, previous: Optional[str]) -> None:
         if previous is not None and self.sessions.get(previous) is session:
@@ -131,19 +141,37 @@ class Hub:
             self.commands.confirmed(device_id, confirmations)
 
     def session_closed(self, session) -> None:
-        log.info("session {transport} {peer} closed ({protocol}, device {device_id})",
-                 transport=session.transport, peer=session.peer,
-                 protocol=session.protocol, device_id=session.device_id)
+        # An unrecognised session was logged (within its budget) already: a
+        # flood of connections must not write two lines each.
+        if session.decoder is not None:
+            log.info("session {transport} {peer} closed ({protocol}, device {device_id})",
+                     transport=session.transport, peer=session.peer, protocol=session.protocol,
+                     device_id=printable(session.device_id))
         if session.device_id is not None and self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
 
-    def error(self, session, text: str, log_it: bool = True) -> None:
+    def error(self, session, text: str, log_it: bool = True, failure: bool = False) -> None:
+        """
+        Bad input from C{session}; C{failure}: a decoder bug, whose traceback
+        (the exception being handled) is logged too. Everything that may come
+        from the device is escaped.
+        """
         if log_it:
+            line = printable(text, 1000)
+            if failure:
+                line += "\n" + "\n".join(printable(t, 500)
+                                          for t in Failure().getTraceback().splitlines())
             log.error("{transport} {peer} ({protocol}, device {device_id}): {text}",
-                      transport=session.transport, peer=session.peer,
-                      protocol=session.protocol, device_id=session.device_id, text=text)
+                      transport=session.transport, peer=printable(session.peer),
+                      protocol=session.protocol, device_id=printable(session.device_id), text=line)
         if self.keep_errors:
             self.errors.append(text)
+
+    def suppressed(self, session, count: int, period: float) -> None:
+        log.warn("{transport} {peer} ({protocol}, device {device_id}): {count} more errors in"
+                 " {period:g} s not logged", transport=session.transport, peer=printable(session.peer),
+                 protocol=session.protocol, device_id=printable(session.device_id), count=count,
+                 period=period)
 
     # -- settings ---------------------------------------------------------
 
@@ -166,8 +194,9 @@ class MemoryStore:
         self.unknown_frames = []
         self.learned = {}
         self.seen = {}
+        self.rejected = []
 
-    def submit(self, device_id, protocol, peer, records) -> Deferred:
+    def submit(self, device_id, protocol, peer, records, **kw) -> Deferred:
         self.records.extend((device_id, protocol, r) for r in records)
         self.decoded.extend((device_id, protocol, r) for r in records)
         return succeed(None)
@@ -177,6 +206,11 @@ class MemoryStore:
         Records decoded but not stored: listed in L{decoded} only.
         """
         self.decoded.extend((None, protocol, r) for r in records)
+
+    def reject(self, kind, reason, transport=None, peer=None, protocol=None, device_id=None,
+               frame=b"", detail=None) -> Deferred:
+        self.rejected.append((kind, reason, device_id, bytes(frame)))
+        return succeed(None)
 
     def unknown(self, transport, peer, data) -> None:
         self.unknown_frames.append((transport, peer, data))

@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0001"
+REVISION = "0002"
 
 metadata = MetaData()
 
@@ -82,6 +82,24 @@ unknown_frames = Table(
     Column("received_at", Time, nullable=False),
     Column("transport", String(8), nullable=False),
     Column("peer", String(128), nullable=False),
+    Column("length", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+#: What the database refused, or what named no valid device, kept raw with the
+#: reason (migration 0002): C{kind} is C{record}, C{device_id}, C{last_seen} or
+#: C{settings}; C{device_id} is the claimed id, escaped; C{data} the frame.
+rejected_records = Table(
+    "rejected_records", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", Time, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("transport", String(8)),
+    Column("peer", String(128)),
+    Column("protocol", String(32)),
+    Column("device_id", Text),
+    Column("reason", Text, nullable=False),
+    Column("detail", Text),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
 )

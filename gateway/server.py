@@ -6,19 +6,41 @@ turning their traffic into L{Session}s.
 
 from __future__ import annotations
 
+import resource
 import socket
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from gateway.ratelog import Budget
 from gateway.session import Session
 
 log = Logger()
 
 #: Bytes asked for the UDP socket's receive buffer.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+#: File descriptors kept free of TCP sessions for the database connections,
+#: the log, the listening sockets and commands.
+FD_RESERVE = 64
+#: UDP peers remembered at most (about 1.4 KB each); beyond that a new peer's
+#: datagrams are not acked until the sweeper forgets silent ones.
+MAX_PEERS = 100_000
+#: Connections accepted at most in one turn of the reactor.
+ACCEPTS_PER_TURN = 64
+
+
+def connection_limit(reserve: int = FD_RESERVE) -> int:
+    """
+    TCP sessions this process can hold: its open-file limit less C{reserve}.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return 1 << 30
+    return max(16, soft - reserve)
 
 
 def _peer(address) -> str:
@@ -36,17 +58,22 @@ class StreamProtocol(Protocol):
     session = None
 
     def connectionMade(self):
-        peer = _peer(self.transport.getPeer())
-        log.info("session tcp {peer} opened", peer=peer)
-        self.session = Session(self.factory.hub, "tcp", peer,
-                               self.transport.write, self.transport.loseConnection)
-        self.factory.live.add(self)
+        # No line per connection here: a connection flood must not become a
+        # log flood. The session logs once its protocol is known.
+        transport = self.transport
+        self.session = Session(self.factory.hub, "tcp", _peer(transport.getPeer()),
+                               transport.write, transport.loseConnection,
+                               pause=transport.pauseProducing, resume=transport.resumeProducing)
+        self.factory.opened(self)
 
     def dataReceived(self, data):
-        self.session.data_received(data)
+        session = self.session
+        session.data_received(data)
+        if session.decoder is not None:
+            self.factory.detected(self)
 
     def connectionLost(self, reason):
-        self.factory.live.discard(self)
+        self.factory.closed(self)
         if self.session is not None:
             self.session.connection_lost()
             self.session = None
@@ -55,6 +82,27 @@ class StreamProtocol(Protocol):
         # A silent peer is most often a dead one (a vehicle that lost power, a
         # NAT that forgot the mapping): nothing would flush a graceful close.
         self.transport.abortConnection()
+
+    def talking(self) -> bool:
+        """
+        Whether the peer sent bytes not read yet (in a flood of accepts, a
+        device's first frame may wait in the kernel while it is the oldest
+        undetected connection).
+        """
+        sock = getattr(self.transport, "socket", None)
+        try:
+            return sock is not None and bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+
+    def shed(self) -> None:
+        # Close the socket now, not at the reactor's next turn: its file
+        # descriptor is wanted for the connection being accepted (one accept
+        # loop may take hundreds).
+        self.abort()
+        lost = getattr(self.transport, "connectionLost", None)
+        if lost is not None:
+            lost(Failure(ConnectionAborted()))
 
 
 class _Sweeper:
@@ -90,6 +138,10 @@ class _Sweeper:
 class StreamFactory(Factory):
     """
     @ivar live: the open connections.
+    @ivar undetected: open connections whose protocol is not known yet, oldest
+        first: the first to go when the process runs short of file
+        descriptors.
+    @ivar limit: connections held at most (L{connection_limit} at start).
     @ivar idle: seconds of silence after which a connection is dropped (0:
         never). A device that reports or sends keep-alives more often than
         this is never affected; a half-open connection stops holding a session
@@ -99,10 +151,47 @@ class StreamFactory(Factory):
     protocol = StreamProtocol
     noisy = False
 
-    def __init__(self, hub, idle: float = 3600.0):
+    def __init__(self, hub, idle: float = 3600.0, limit: Optional[int] = None):
         self.hub = hub
         self.live = set()
+        self.undetected: Dict[StreamProtocol, None] = {}
+        self.limit = limit
         self._sweeper = _Sweeper(hub.clock, idle, self._sessions, self._end)
+        self._shed = Budget(hub.clock, 1, 10.0, lambda n: log.warn(
+            "{n} more connections shed at the file descriptor limit", n=n))
+
+    def opened(self, protocol) -> None:
+        port = getattr(protocol.transport, "server", None)
+        if getattr(port, "numberAccepts", 0) > ACCEPTS_PER_TURN:
+            # Twisted accepts ever more connections per reactor turn while
+            # they keep coming; in a connection flood that starves the
+            # devices already connected.
+            port.numberAccepts = ACCEPTS_PER_TURN
+        self.live.add(protocol)
+        self.undetected[protocol] = None
+        if self.limit is not None and len(self.live) > self.limit:
+            # Shed the oldest connection that has not said what it is (it may
+            # be the new one): the process keeps accepting, and devices that
+            # did identify keep their sessions. One whose bytes wait unread
+            # goes to the back of the line instead, a few times at most.
+            for _ in range(8):
+                victim = next(iter(self.undetected))
+                if victim is protocol or not victim.talking():
+                    break
+                del self.undetected[victim]
+                self.undetected[victim] = None
+            if self._shed.allow():
+                log.warn("{n} connections, limit {limit} (open files): shedding undetected {peer}",
+                         n=len(self.live), limit=self.limit, peer=victim.session.peer)
+            self.closed(victim)
+            victim.shed()
+
+    def detected(self, protocol) -> None:
+        self.undetected.pop(protocol, None)
+
+    def closed(self, protocol) -> None:
+        self.live.discard(protocol)
+        self.undetected.pop(protocol, None)
 
     def _sessions(self):
         return ((p, p.session) for p in self.live if p.session is not None)
@@ -113,6 +202,8 @@ class StreamFactory(Factory):
         protocol.abort()
 
     def startFactory(self):
+        if self.limit is None:
+            self.limit = connection_limit()
         self._sweeper.start()
 
     def stopFactory(self):
@@ -127,10 +218,13 @@ class DatagramEndpoint(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, hub, idle: float = 600.0):
+    def __init__(self, hub, idle: float = 600.0, max_peers: int = MAX_PEERS):
         self.hub = hub
+        self.max_peers = max_peers
         self.sessions: Dict[Tuple, Session] = {}
         self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget)
+        self._full = Budget(hub.clock, 1, 10.0, lambda n: log.warn(
+            "{n} more datagrams from new peers not acked: peer table full", n=n))
 
     def startProtocol(self):
         self._sweeper.start()
@@ -153,12 +247,19 @@ class DatagramEndpoint(DatagramProtocol):
     def datagramReceived(self, data, addr):
         session = self.sessions.get(addr)
         if session is None:
+            if len(self.sessions) >= self.max_peers:
+                # Not read, not acked: the device keeps the data and sends it
+                # again once silent peers have been forgotten.
+                if self._full.allow():
+                    log.warn("{n} UDP peers remembered (the limit): datagram from {peer} not acked",
+                             n=len(self.sessions), peer=_peer(addr))
+                return
             session = Session(self.hub, "udp", _peer(addr),
-                              lambda payload: self._send(payload, addr), lambda: None)
+                              lambda payload: self._send(payload, addr), lambda: self._drop(addr))
             session.datagram_received(data)
             # Only a peer that spoke a known protocol is remembered: garbage
             # from many (possibly spoofed) addresses costs no memory.
-            if session.decoder is not None:
+            if session.decoder is not None and session.open:
                 self.sessions[addr] = session
             return
         session.datagram_received(data)
@@ -170,3 +271,9 @@ class DatagramEndpoint(DatagramProtocol):
     def _forget(self, addr, session) -> None:
         del self.sessions[addr]
         session.connection_lost()
+
+    def _drop(self, addr) -> None:
+        # The session closed itself (it sent mostly garbage).
+        session = self.sessions.pop(addr, None)
+        if session is not None:
+            session.connection_lost()

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from gateway.hub import Hub
 from gateway.registry import discover
 from gateway.server import DatagramEndpoint, StreamFactory
-from gateway.store import Store, engine_for, load_settings, migrate
+from gateway.store import STATEMENT_TIMEOUT, Store, engine_for, load_settings, migrate, outage
 
 log = Logger()
 
@@ -33,15 +33,26 @@ class SettingsSync(Service):
         self.hub = hub
         self.engine = engine
         self.since = None
+        self.failing = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = hub.clock
         self.interval = interval
 
     def load_all(self) -> None:
+        self.apply(self.read_all())
+
+    def read_all(self) -> dict:
+        """
+        Every device's settings (any thread).
+        """
+        since = datetime.now().astimezone()
         with self.engine.connect() as connection:
-            for device_id, settings in load_settings(connection).items():
-                self.hub.set_settings(device_id, settings)
-        self.since = datetime.now().astimezone()
+            return {"settings": load_settings(connection), "since": since}
+
+    def apply(self, loaded: dict) -> None:
+        for device_id, settings in loaded["settings"].items():
+            self.hub.set_settings(device_id, settings)
+        self.since = loaded["since"]
 
     def startService(self):
         super().startService()
@@ -64,16 +75,30 @@ class SettingsSync(Service):
         try:
             changed = yield threads.deferToThread(read)
         except Exception as e:
-            log.warn("could not read device settings: {e}", e=e)
+            if not self.failing:
+                # Once per outage: the store says the database is down.
+                log.warn("could not read device settings: {e}", e=str(e).splitlines()[0])
+            self.failing = True
             return
+        self.failing = False
         self.since = stamp
         for device_id, settings in changed.items():
             self.hub.set_settings(device_id, settings)
 
 
 class StoreService(Service):
-    def __init__(self, store: Store):
+    """
+    Runs the store's writer; stopping waits for it L{limit} seconds at most
+    (the store ends its database calls before that, L{Store.stop_grace}), so
+    SIGTERM ends the process whatever the database does. Records not written
+    by then were never acked.
+    """
+
+    limit = 6.0
+
+    def __init__(self, store: Store, clock=None):
         self.store = store
+        self.clock = clock if clock is not None else store.reactor
 
     def startService(self):
         super().startService()
@@ -81,7 +106,25 @@ class StoreService(Service):
 
     def stopService(self):
         super().stopService()
-        return self.store.stop()
+        stopped = self.store.stop()
+        done = defer.Deferred()
+
+        def give_up():
+            if not done.called:
+                log.warn("the writer did not stop in {limit}s; records it holds were not acked",
+                         limit=self.limit)
+                done.callback(None)
+
+        timer = self.clock.callLater(self.limit, give_up)
+
+        def finished(result):
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        stopped.addBoth(finished)
+        return done
 
 
 class SharedPort(Service):
@@ -152,17 +195,39 @@ class GatewayService(MultiService):
         from gateway.commands import CommandQueue
 
         decoders = self.decoders if self.decoders is not None else discover()
-        engine = engine_for(self.db)
-        migrate(engine)
+        engine = engine_for(self.db, statement_timeout=STATEMENT_TIMEOUT)
         self.store = Store(engine, self.reactor)
         self.hub = Hub(decoders, self.store, self.reactor)
         sync = SettingsSync(self.hub, engine)
-        sync.load_all()
-        StoreService(self.store).setServiceParent(self)
-        sync.setServiceParent(self)
         self.commands = CommandQueue(self.hub, engine, self.reactor)
         self.hub.commands = self.commands
-        self.commands.setServiceParent(self)
+        StoreService(self.store).setServiceParent(self)
+        try:
+            migrate(engine)
+            sync.load_all()
+        except Exception as e:
+            if engine.dialect.name == "sqlite" or not outage(e):
+                raise
+            # The database is down: listen anyway, hold devices (their records
+            # wait, unacked), and start what needs the schema once it answers.
+            def prepare():
+                migrate(engine)
+                return sync.read_all()
+
+            def ready(loaded):
+                sync.apply(loaded)
+                sync.setServiceParent(self)
+                self.commands.setServiceParent(self)
+                # Devices that identified while the database was away.
+                for session in list(self.hub.sessions.values()):
+                    self.commands.device_online(session)
+
+            self.store.prepare = prepare
+            self.store.ready.addCallback(ready)
+            self.store.ready.addErrback(lambda f: log.failure("starting after the database came", f))
+        else:
+            sync.setServiceParent(self)
+            self.commands.setServiceParent(self)
         factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
         if self.reuse_port:
             SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)

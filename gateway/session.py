@@ -3,6 +3,11 @@
 A session: one conversation with one device, over a TCP connection or with one
 UDP peer address. Both transports run the same path once bytes arrive:
 detect, frame, decode, store, and only then acknowledge.
+
+A session never lets its device cost the others more than their share: the
+records it has waiting for the database and the acks it has queued are bounded
+(beyond them a TCP connection is not read, a UDP datagram is not acked), its
+error lines are rate-limited, and a session that sends mostly garbage is closed.
 """
 
 from __future__ import annotations
@@ -14,18 +19,37 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from gateway.context import Context
-from gateway.hexdump import hexdump
+from gateway.hexdump import hexdump, printable
 from gateway.interfaces import DecodeError
+from gateway.storable import is_device_id
+from gateway.ratelog import Budget
 
 log = Logger()
 
 #: Bytes a TCP session may send before a protocol must be decided (a first
 #: frame of buffered history can be several KiB).
 DETECT_BYTES = 8192
-#: Seconds a TCP session may take to send enough bytes for detection.
+#: Seconds from accept a TCP session has to send enough bytes for detection.
 DETECT_SECONDS = 5.0
 #: Bytes a detected TCP session may leave unframed before they are thrown away.
 MAX_BUFFER = 256 * 1024
+#: Records of one session that may wait for the database; beyond them a TCP
+#: connection is not read and a UDP datagram is not acked, so one device's
+#: history flush waits on its own socket, not in front of everyone's.
+MAX_WAITING = 200
+#: Acks (and commands) of one session that may wait for earlier records.
+MAX_REPLIES = 256
+#: Error lines one session may log every L{ERROR_PERIOD} seconds; the rest are
+#: counted in one summary line.
+ERRORS_PER_PERIOD = 5
+ERROR_PERIOD = 10.0
+#: A session is closed when, over L{GARBAGE_SECONDS} or more, it sent at least
+#: L{GARBAGE_BYTES} of garbage (skipped, unframeable, undecodable) and that was
+#: more than L{GARBAGE_SHARE} of its bytes: a device that lost its way for a
+#: moment keeps its session, one that floods garbage does not.
+GARBAGE_SECONDS = 10.0
+GARBAGE_BYTES = 64 * 1024
+GARBAGE_SHARE = 0.75
 
 
 class _Reply:
@@ -53,16 +77,26 @@ class Session:
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "write", "_close", "decoder", "device_id", "context",
-                 "open", "last_seen", "_buffer", "_replies", "_detect_timer", "_commands_wait")
+    __slots__ = ("hub", "transport", "peer", "write", "_close", "_pause", "_resume", "decoder",
+                 "device_id", "context", "open", "last_seen", "_buffer", "_replies", "_detect_timer",
+                 "_waiting", "_held", "_budget", "_good", "_bad", "_since",
+                 "_commands_wait")
 
     def __init__(self, hub, transport: str, peer: str,
-                 write: Callable[[bytes], None], close: Callable[[], None]):
+                 write: Callable[[bytes], None], close: Callable[[], None],
+                 pause: Optional[Callable[[], None]] = None,
+                 resume: Optional[Callable[[], None]] = None):
+        """
+        @param pause: stop reading from the device (TCP backpressure);
+            C{resume} starts again.
+        """
         self.hub = hub
         self.transport = transport
         self.peer = peer
         self.write = write
         self._close = close
+        self._pause = pause
+        self._resume = resume
         self.decoder = None
         self.device_id: Optional[str] = None
         self.context = Context(transport=transport, peer=peer,
@@ -71,7 +105,15 @@ class Session:
         self.last_seen = hub.clock.seconds()
         self._buffer = b""
         self._replies: Optional[deque] = None
-        self._detect_timer = None
+        self._waiting = 0
+        self._held = False
+        self._budget: Optional[Budget] = None
+        self._good = self._bad = 0
+        self._since = self.last_seen
+        # The detection deadline runs from accept: a connection that never
+        # sends a byte must not hold a file descriptor until the idle timeout.
+        self._detect_timer = (hub.clock.callLater(DETECT_SECONDS, self._detect_timeout)
+                              if transport == "tcp" else None)
         self._commands_wait = False
 
     @property
@@ -92,12 +134,12 @@ class Session:
         self.last_seen = self.hub.clock.seconds()
         self._buffer += data
         if self.decoder is None:
-            if self._detect_timer is None and self._buffer:
-                self._detect_timer = self.hub.clock.callLater(DETECT_SECONDS, self._detect_timeout)
             self._detect(final=len(self._buffer) >= DETECT_BYTES)
             if self.decoder is None:
                 return
         self._drain()
+        if self._busy():
+            self._hold()
 
     def datagram_received(self, data: bytes) -> None:
         """
@@ -105,8 +147,13 @@ class Session:
         the last one is asked first, but must still claim it.
         """
         self.last_seen = self.hub.clock.seconds()
+        if self._busy():
+            # The device keeps an unacked datagram and sends it again.
+            self._error("too many records wait for the database, datagram not acked", data,
+                           garbage=False)
+            return
         decoder = self.decoder
-        if decoder is None or not decoder.detect(data, "udp").matched:
+        if decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
             detection = self.hub.detector.detect(data, "udp", final=True)
             if detection.decoder is None:
                 self.hub.unknown(self, data)
@@ -135,6 +182,8 @@ class Session:
     def connection_lost(self) -> None:
         self.open = False
         self._cancel_timer()
+        if self._budget is not None:
+            self._budget.flush()
         self.hub.session_closed(self)
 
     # -- detection --------------------------------------------------------
@@ -154,6 +203,10 @@ class Session:
     def _detect_timeout(self) -> None:
         self._detect_timer = None
         if self.decoder is None and self.open:
+            if not self._buffer:
+                self.hub.unknown(self, b"", f"sent nothing in {DETECT_SECONDS:g} s")
+                self.close()
+                return
             self._detect(final=True)
             if self.decoder is not None:
                 self._drain()
@@ -174,6 +227,9 @@ class Session:
     def _drain(self) -> None:
         decoder = self.decoder
         while self._buffer and self.open:
+            if self.transport == "tcp" and self._busy():
+                self._hold()
+                return
             try:
                 frame, consumed = decoder.frame(self._buffer, self.transport)
             except Exception as e:
@@ -202,10 +258,9 @@ class Session:
             self._error(f"bad frame: {e}", frame)
             return
         except Exception as e:
-            log.failure("decoder {protocol} failed on a frame from {peer}: {hex}",
-                        protocol=self.protocol, peer=self.peer, hex=hexdump(frame))
-            self.hub.error(self, f"decoder failed: {e!r}: {hexdump(frame)}", log_it=False)
+            self._error(f"decoder failed: {e!r}", frame, failure=True)
             return
+        self._good += len(frame)
         if result.withheld is not None:
             self._error(result.withheld, frame)
             self.hub.withheld(self, result.records)
@@ -213,14 +268,18 @@ class Session:
         if result.commands_wait:
             self._commands_wait = True
         if result.device_id and result.device_id != self.device_id:
+            if not is_device_id(result.device_id):
+                # Not an id: never bound, never a device row; kept raw.
+                self._queue_reply(self.hub.not_an_id(self, result.device_id, frame), result.reply)
+                return
             self._bind_device(result.device_id)
         device_id = result.device_id or self.device_id
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:
             self.hub.confirmed(self, device_id, result.confirmations)
-        stored = self.hub.store(self, device_id, result.records) if result.records else None
-        self._queue_reply(stored, result.reply)
+        stored = self.hub.store(self, device_id, result.records, frame) if result.records else None
+        self._queue_reply(stored, result.reply, len(result.records))
         self.hub.frame_done(self, device_id)
         if self._commands_wait and not result.commands_wait:
             self._commands_wait = False
@@ -230,25 +289,30 @@ class Session:
         previous, self.device_id = self.device_id, device_id
         self.context.device_id = device_id
         log.info("session {transport} {peer}: device {device_id} ({protocol})",
-                 transport=self.transport, peer=self.peer, device_id=device_id,
+                 transport=self.transport, peer=self.peer, device_id=printable(device_id),
                  protocol=self.protocol)
         self.hub.identified(self, previous)
 
     # -- replies ----------------------------------------------------------
 
-    def _queue_reply(self, stored: Optional[Deferred], data: bytes) -> None:
+    def _queue_reply(self, stored: Optional[Deferred], data: bytes, records: int = 0) -> None:
         reply = _Reply(data, stored is None)
         if self._replies is None:
             self._replies = deque()
         self._replies.append(reply)
         if stored is not None:
+            self._waiting += records
+
             def ok(_):
+                self._waiting -= records
                 reply.state = "ready"
                 self._flush()
 
             def failed(failure):
+                self._waiting -= records
                 reply.state = "failed"
-                self.hub.error(self, f"records not stored, no ack sent: {failure.getErrorMessage()}")
+                self._error(f"records not stored, no ack sent: {failure.getErrorMessage()}", b"",
+                               garbage=False)
                 self._flush()
 
             stored.addCallbacks(ok, failed)
@@ -264,6 +328,30 @@ class Session:
                 self.write(reply.data)
         if not replies:
             self._replies = None
+        if self._held and not self._busy():
+            self._release()
+
+    # -- backpressure -----------------------------------------------------
+
+    def _busy(self) -> bool:
+        return self._waiting >= MAX_WAITING or (
+            self._replies is not None and len(self._replies) >= MAX_REPLIES)
+
+    def _hold(self) -> None:
+        if not self._held:
+            self._held = True
+            if self._pause is not None:
+                self._pause()
+
+    def _release(self) -> None:
+        # Bytes read before the pause are framed first; reading resumes only
+        # if they did not fill the bound again.
+        self._held = False
+        self._drain()
+        if self._busy():
+            self._held = True
+        elif self._resume is not None and self.open:
+            self._resume()
 
     # -- misc -------------------------------------------------------------
 
@@ -283,7 +371,28 @@ class Session:
         if self.open:
             self.open = False
             self._cancel_timer()
+            if self._budget is not None:
+                self._budget.flush()
             self._close()
 
-    def _error(self, what: str, data: bytes) -> None:
-        self.hub.error(self, f"{what}: {hexdump(data)}")
+    def _error(self, what: str, data: bytes, garbage: bool = True, failure: bool = False) -> None:
+        """
+        Report bad input: logged within this session's budget (the rest is
+        counted in a summary line), and counted against the session as
+        garbage, which closes a session that sends mostly that.
+        """
+        if self._budget is None:
+            self._budget = Budget(self.hub.clock, ERRORS_PER_PERIOD, ERROR_PERIOD,
+                                  lambda n: self.hub.suppressed(self, n, ERROR_PERIOD))
+        text = f"{what}: {hexdump(data)}" if data else what
+        self.hub.error(self, text, log_it=self._budget.allow(), failure=failure)
+        if garbage:
+            self._bad += len(data)
+            now = self.hub.clock.seconds()
+            if now - self._since >= GARBAGE_SECONDS:
+                bad, total = self._bad, self._bad + self._good
+                self._bad = self._good = 0
+                self._since = now
+                if bad >= GARBAGE_BYTES and bad > GARBAGE_SHARE * total and self.open:
+                    self.hub.error(self, f"closed: {bad} of its last {total} bytes were garbage")
+                    self.close()

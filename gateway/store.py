@@ -23,8 +23,10 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from gateway import schema
+from gateway import schema, storable
+from gateway.dbguard import DatabaseUnavailable, Guard, connection_class
 from gateway.model import Position, canonical_json
 
 log = Logger()
@@ -77,14 +79,50 @@ def driver_url(url: str) -> URL:
     return parsed
 
 
-def engine_for(url: str, busy_timeout: float = 30.0, **options) -> Engine:
+#: Seconds to open a connection to PostgreSQL (through authentication).
+CONNECT_TIMEOUT = 5
+#: Seconds a statement, COPY or commit of the gateway may wait for PostgreSQL
+#: before the connection counts as dead (L{gateway.dbguard}).
+STATEMENT_TIMEOUT = 10.0
+#: TCP keepalives on PostgreSQL connections (libpq parameters): a peer that
+#: vanished is noticed after about 10 + 3 * 3 s of silence, and data left
+#: unacknowledged for 15 s ends the connection.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+              "keepalives_count": 3, "tcp_user_timeout": 15000}
+#: Seconds a schema migration may take.
+MIGRATION_TIMEOUT = 3600.0
+
+
+def _private_file(url: URL) -> None:
+    """
+    Create the SQLite file readable and writable by its owner only (device
+    passwords live in it); SQLite gives its -wal and -shm files the same mode.
+    An existing file keeps the mode the operator gave it.
+    """
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # a directory that does not exist: SQLite says so in its own words
+
+
+def engine_for(url: str, busy_timeout: float = 30.0, statement_timeout: Optional[float] = None,
+               **options) -> Engine:
     """
     An engine with the settings trackport relies on: WAL and full sync for
-    SQLite (a committed record survives a crash), pre-ping for PostgreSQL (a
-    restarted server is reconnected to).
+    SQLite (a committed record survives a crash), a file only its owner reads;
+    for PostgreSQL pre-ping (a restarted server is reconnected to), connect
+    timeout, TCP keepalives, and a L{gateway.dbguard.Guard} (as
+    C{engine.trackport_guard}) that ends any call waiting longer than
+    C{statement_timeout} seconds for an answer.
     """
     url = driver_url(url)
     if url.get_backend_name() == "sqlite":
+        _private_file(url)
         engine = create_engine(url, json_serializer=_json_serializer,
                                connect_args={"timeout": busy_timeout, "check_same_thread": False},
                                **options)
@@ -98,9 +136,19 @@ def engine_for(url: str, busy_timeout: float = 30.0, **options) -> Engine:
             cursor.close()
 
         return engine
-    settings = dict(pool_pre_ping=True, pool_size=4, max_overflow=4)
+    guard = Guard(statement_timeout)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT, "connection_factory": connection_class(guard),
+                    **KEEPALIVES}
+    if statement_timeout is not None:
+        # The server ends a statement that runs long (a lock wait) a little
+        # before the guard gives the connection up: the connection survives.
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 800)}"
+    connect_args.update(options.pop("connect_args", {}))
+    settings = dict(pool_pre_ping=True, pool_size=4, max_overflow=4, connect_args=connect_args)
     settings.update(options)
-    return create_engine(url, json_serializer=_json_serializer, **settings)
+    engine = create_engine(url, json_serializer=_json_serializer, **settings)
+    engine.trackport_guard = guard
+    return engine
 
 
 def migrate(engine: Engine) -> None:
@@ -123,10 +171,20 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", os.path.join(os.path.dirname(__file__), "migrations"))
     with engine.begin() as connection:
+        raw = None
         if connection.dialect.name == "postgresql":
+            # A migration may run long: the statement limits are for the
+            # gateway's writes, not for this.
+            raw = connection.connection.driver_connection
+            raw.timeout = MIGRATION_TIMEOUT
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7718001)")
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            if raw is not None:
+                raw.timeout = None
 
 
 def utc(value: Optional[datetime]) -> Optional[datetime]:
@@ -174,14 +232,73 @@ _PG_MERGE = (f"INSERT INTO positions ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM
 
 
 class _Submission:
-    __slots__ = ("device_id", "protocol", "records", "received", "deferred")
+    __slots__ = ("device_id", "protocol", "peer", "transport", "records", "received", "deferred",
+                 "frame", "finished")
 
-    def __init__(self, device_id, protocol, records, received, deferred):
+    def __init__(self, device_id, protocol, peer, transport, records, received, deferred, frame):
         self.device_id = device_id
         self.protocol = protocol
+        self.peer = peer
+        self.transport = transport
         self.records = records
         self.received = received
         self.deferred = deferred
+        self.frame = frame
+        self.finished = False
+
+
+class _Rejection:
+    """
+    A row of C{rejected_records} and the L{Deferred} that fires once it is
+    committed (an ack may then go: the frame's bytes are kept).
+    """
+
+    __slots__ = ("row", "deferred", "finished")
+
+    def __init__(self, row: dict, deferred):
+        self.row = row
+        self.deferred = deferred
+        self.finished = False
+
+
+def rejected_row(kind: str, reason: str, transport=None, peer=None, protocol=None, device_id=None,
+                 frame: bytes = b"", detail=None, received=None) -> dict:
+    """
+    A row of C{rejected_records}, every value storable whatever it came from.
+    """
+    frame = bytes(frame or b"")
+    return {"received_at": received or now(), "kind": kind,
+            "transport": storable.text(transport, storable.TRANSPORT_MAX),
+            "peer": storable.text(peer, storable.PEER_MAX),
+            "protocol": storable.text(protocol, storable.PROTOCOL_MAX),
+            "device_id": storable.text(device_id, 1024),
+            "reason": storable.text(reason, 4096) or "",
+            "detail": storable.text(detail, storable.ATTRIBUTE_TEXT_MAX),
+            "length": len(frame), "data": frame[:REJECTED_BYTES]}
+
+
+#: Seconds a source (device, or peer without a device id) whose records the
+#: database refused stays suspect: its frames are written apart from others'.
+SUSPECT_SECONDS = 600.0
+SUSPECTS_MAX = 10000
+#: Bytes of a rejected frame kept.
+REJECTED_BYTES = 64 * 1024
+
+
+def outage(error: BaseException) -> bool:
+    """
+    Whether C{error} means the database is unreachable or not answering (retry
+    the same work later), rather than that it refuses this work.
+    """
+    if isinstance(error, (OperationalError, InterfaceError, DatabaseUnavailable)):
+        return True
+    if isinstance(error, DBAPIError):
+        error = error.orig
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
 def position_row(device_id, protocol, record: Position, received: datetime) -> tuple:
@@ -236,37 +353,84 @@ def _copy_line(row: tuple) -> str:
         fingerprint)) + "\n"
 
 
+class _Work:
+    """
+    What the writer took from its queues for one transaction.
+    """
+
+    __slots__ = ("items", "touches", "learned", "unknown", "rejections")
+
+    def __init__(self, items, touches, learned, unknown, rejections):
+        self.items = items
+        self.touches = touches
+        self.learned = learned
+        self.unknown = unknown
+        self.rejections = rejections
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _record_json(record) -> str:
+    try:
+        return json.dumps(record.to_json(), default=repr, sort_keys=True)
+    except Exception:
+        return repr(record)
+
+
 class Store:
     """
     The gateway's database: batched, ordered, single-writer.
 
+    What the database refuses never blocks anyone else: a refused batch is split
+    until the refused rows are alone; each is kept raw in C{rejected_records}
+    with the reason, its frame counts as stored (it may be acked: its bytes are
+    kept), and every other row is written.
+
     @ivar max_batch: records committed in one transaction at most.
     @ivar max_pending: records held in memory while the database is slow or
         down; beyond that, new frames are refused (not acked).
+    @ivar prepare: called on the writer thread before anything is written (the
+        schema migration), again and again until it succeeds: a gateway started
+        while its database is down holds its devices (no acks) until then.
+    @ivar ready: fires once L{prepare} succeeded, with its result.
+    @ivar stop_grace: seconds L{stop} lets queued work be written; then every
+        database call is ended and what is left fails (was never acked).
     """
 
     retry_delays = (0.2, 0.5, 1.0, 2.0, 5.0)
+    wait_interval = 2.0
+    stop_grace = 3.0
 
     def __init__(self, engine: Engine, reactor, max_batch: int = 5000,
-                 max_pending: int = 200_000):
+                 max_pending: int = 200_000, prepare=None):
         self.engine = engine
         self.dialect = engine.dialect.name
         self.reactor = reactor
         self.max_batch = max_batch
         self.max_pending = max_pending
+        self.prepare = prepare
+        self.ready = Deferred()
         self.healthy = True
         self.committed = 0
+        self.rejected = 0
         self._cond = threading.Condition()
         self._queue: deque = deque()
         self._pending = 0
         self._touches: Dict[str, tuple] = {}
         self._learned: List[tuple] = []
         self._unknown: List[dict] = []
+        self._rejections: List[_Rejection] = []
         self._stopping = False
+        self._giving_up = False
         self._conn = None
         self._known: set = set()
         self._seen: Dict[str, tuple] = {}
         self._seen_flushed = 0.0
+        self._down_since: Optional[float] = None
+        self._suspects: Dict[tuple, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
 
@@ -278,32 +442,62 @@ class Store:
 
     def stop(self) -> Deferred:
         """
-        Write what is queued, then stop the writer. Fires when it has.
+        Write what is queued, for L{stop_grace} seconds at most, then stop the
+        writer. Fires when it has.
         """
         self._stopped = Deferred()
         with self._cond:
             self._stopping = True
             self._cond.notify()
+        guard = getattr(self.engine, "trackport_guard", None)
+        if guard is not None:
+            guard.close(self.stop_grace)
         if self._thread is None or not self._thread.is_alive():
+            self._abandon_queued()
             self._stopped.callback(None)
         return self._stopped
 
     def submit(self, device_id: Optional[str], protocol: Optional[str], peer: str,
-               records, received: Optional[datetime] = None) -> Deferred:
+               records, received: Optional[datetime] = None, frame: bytes = b"",
+               transport: Optional[str] = None) -> Deferred:
         """
-        Queue records of one frame; the L{Deferred} fires once they are
-        committed, or fails with L{Overloaded} / L{StoreStopped}.
+        Queue records of one frame, made storable (L{gateway.storable}); the
+        L{Deferred} fires once they are committed (or, refused by the database,
+        kept raw with C{frame}), or fails with L{Overloaded} / L{StoreStopped}.
         """
         if self._stopping:
             return fail(StoreStopped("the gateway is stopping"))
-        records = list(records)
+        if device_id is not None and not storable.is_device_id(device_id):
+            return fail(ValueError(f"not a device id: {storable.text(device_id, 80)!r}"))
+        records = [storable.position(r) for r in records]
         with self._cond:
             if self._pending + len(records) > self.max_pending:
                 return fail(Overloaded(
                     f"{self._pending} records wait for the database (limit {self.max_pending})"))
             d = Deferred()
-            self._queue.append(_Submission(device_id, protocol, records, received or now(), d))
+            self._queue.append(_Submission(
+                device_id, storable.text(protocol, storable.PROTOCOL_MAX), storable.text(peer, storable.PEER_MAX),
+                transport, records, received or now(), d, bytes(frame or b"")))
             self._pending += len(records)
+            self._cond.notify()
+        return d
+
+    def reject(self, kind: str, reason: str, transport=None, peer=None, protocol=None,
+               device_id=None, frame: bytes = b"", detail=None) -> Deferred:
+        """
+        Keep C{frame} raw in C{rejected_records} with the reason; the
+        L{Deferred} fires once it is committed.
+        """
+        if self._stopping:
+            return fail(StoreStopped("the gateway is stopping"))
+        row = rejected_row(kind, reason, transport, peer, protocol, device_id, frame, detail)
+        with self._cond:
+            if self._pending + 1 > self.max_pending:
+                return fail(Overloaded(
+                    f"{self._pending} records wait for the database (limit {self.max_pending})"))
+            d = Deferred()
+            self._rejections.append(_Rejection(row, d))
+            self._pending += 1
             self._cond.notify()
         return d
 
@@ -311,19 +505,29 @@ class Store:
         """
         Note that a device spoke (last seen, peer); written with the next batch.
         """
+        if not storable.is_device_id(device_id):
+            return
         with self._cond:
-            self._touches[device_id] = (protocol, transport, peer, now())
+            self._touches[device_id] = (storable.text(protocol, storable.PROTOCOL_MAX),
+                                        storable.text(transport, storable.TRANSPORT_MAX),
+                                        storable.text(peer, storable.PEER_MAX), now())
             self._cond.notify()
 
     def learn(self, device_id: str, settings: Mapping[str, str]) -> None:
+        if not storable.is_device_id(device_id):
+            return
+        settings = {storable.text(k, storable.ATTRIBUTE_KEY_MAX): storable.text(v, storable.ATTRIBUTE_TEXT_MAX)
+                    for k, v in settings.items()}
         with self._cond:
-            self._learned.append((device_id, dict(settings)))
+            self._learned.append((device_id, settings))
             self._cond.notify()
 
     def unknown(self, transport: str, peer: str, data: bytes) -> None:
         with self._cond:
             if len(self._unknown) < 1000:
-                self._unknown.append({"received_at": now(), "transport": transport, "peer": peer,
+                self._unknown.append({"received_at": now(),
+                                      "transport": storable.text(transport, storable.TRANSPORT_MAX),
+                                      "peer": storable.text(peer, storable.PEER_MAX),
                                       "length": len(data), "data": bytes(data[:1024])})
                 self._cond.notify()
 
@@ -333,16 +537,19 @@ class Store:
 
     # -- writer thread ----------------------------------------------------
 
-    def _take(self):
+    def _log(self, level, text, **kw) -> None:
+        self.reactor.callFromThread(getattr(log, level), text, **kw)
+
+    def _take(self) -> Optional[_Work]:
         with self._cond:
-            while not (self._queue or self._touches or self._learned or self._unknown):
-                if self._stopping and not self._seen:
+            while not (self._queue or self._touches or self._learned or self._unknown or self._rejections):
+                if self._stopping and (not self._seen or self._giving_up):
                     return None
                 if self._seen:
                     # Last-seen data waits in the writer: come back to write it.
                     due = self._seen_flushed + SEEN_INTERVAL - _time.monotonic()
                     if due <= 0 or self._stopping:
-                        return [], {}, [], []
+                        return _Work([], {}, [], [], [])
                     self._cond.wait(due)
                 else:
                     self._cond.wait()
@@ -354,68 +561,135 @@ class Store:
             touches, self._touches = self._touches, {}
             learned, self._learned = self._learned, []
             unknown, self._unknown = self._unknown, []
-            return items, touches, learned, unknown
+            rejections, self._rejections = self._rejections, []
+            return _Work(items, touches, learned, unknown, rejections)
 
-    def _put_back(self, items, touches, learned, unknown) -> None:
+    def _put_back(self, work: _Work) -> None:
         # Touches need no putting back: the writer merged them already.
         with self._cond:
-            self._queue.extendleft(reversed(items))
-            self._learned[:0] = learned
-            self._unknown[:0] = unknown
+            self._queue.extendleft(reversed([i for i in work.items if not i.finished]))
+            self._learned[:0] = work.learned
+            self._unknown[:0] = work.unknown
+            self._rejections[:0] = [r for r in work.rejections if not r.finished]
+
+    def _wait_ready(self) -> bool:
+        """
+        Run L{prepare} until it succeeds; L{False} if the gateway stopped first.
+        """
+        waiting = None
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return False
+            try:
+                result = self.prepare()
+            except Exception as e:
+                error = storable.text(_first_line(e), 500)
+                if waiting is None:
+                    self._log("error", "waiting for the database ({error}); devices are held (no acks)"
+                              " until it answers", error=error)
+                    waiting = _time.monotonic()
+                with self._cond:
+                    if not self._stopping:
+                        self._cond.wait(self.wait_interval)
+                continue
+            if waiting is not None:
+                self._log("info", "database answering after {seconds:.1f}s of waiting: storing begins",
+                          seconds=_time.monotonic() - waiting)
+            self.reactor.callFromThread(self.ready.callback, result)
+            return True
 
     def _run(self) -> None:
+        try:
+            if self.prepare is None:
+                self.reactor.callFromThread(self.ready.callback, None)
+            elif not self._wait_ready():
+                self._giving_up = True
+            self._loop()
+        finally:
+            self._drop_connection()
+            self._abandon_queued()
+            self.reactor.callFromThread(self._stopped_now)
+
+    def _loop(self) -> None:
         failures = 0
         while True:
             work = self._take()
             if work is None:
-                break
-            items, touches, learned, unknown = work
+                return
+            if self._giving_up:
+                self._abandon(work, StoreStopped("the database did not answer at stop"))
+                continue
             try:
-                self._write(items, touches, learned, unknown)
-            except (OperationalError, InterfaceError) as e:
-                if self._stopping and failures >= 2:
-                    self._finish(items, StoreStopped(f"database unavailable at stop: {e}"))
+                self._write_all(work)
+            except Exception as e:
+                if not outage(e):
+                    # A bug, not the database: fail this work (no acks) and
+                    # keep the writer alive for everyone else.
+                    self._log("failure", "the writer failed on a batch; its frames are not acked",
+                              failure=Failure(e))
+                    self._abandon(work, e)
                     continue
-                self._put_back(items, touches, learned, unknown)
+                if self._stopping:
+                    # Stopping is bounded whatever the database does: what
+                    # is not written now was never acked, and fails.
+                    self._giving_up = True
+                    self._abandon(work, StoreStopped(f"database unavailable at stop: {_first_line(e)}"))
+                    continue
+                self._put_back(work)
                 delay = self.retry_delays[min(failures, len(self.retry_delays) - 1)]
                 failures += 1
-                if self.healthy or failures % 10 == 1:
-                    self.reactor.callFromThread(
-                        log.error, "database write failed ({pending} records held, retry in {delay}s): {error}",
-                        pending=self._pending, delay=delay, error=str(e).splitlines()[0])
+                if self.healthy:
+                    self._down_since = _time.monotonic()
+                    self._log("error", "database not answering ({error}): {pending} records held,"
+                              " no acks until it answers; retrying",
+                              pending=self._pending, error=storable.text(_first_line(e), 500))
                 self.healthy = False
-                _time.sleep(delay)
-                continue
-            except Exception as e:
-                # Not an outage but a row the database refuses: write frame by
-                # frame so one bad frame cannot hold back the others.
-                self.reactor.callFromThread(log.error, "batch refused, retrying frame by frame: {e!r}", e=e)
-                self._write_each(items)
-                failures = 0
+                with self._cond:
+                    if not self._stopping:
+                        self._cond.wait(delay)
                 continue
             if not self.healthy:
-                self.reactor.callFromThread(log.info, "database writes resumed")
+                self._log("info", "database answering again after {seconds:.1f}s: writes resumed",
+                          seconds=_time.monotonic() - (self._down_since or _time.monotonic()))
             self.healthy = True
             failures = 0
-            self._finish(items, None)
-        self._drop_connection()
-        self.reactor.callFromThread(self._stopped_now)
 
-    def _write_each(self, items) -> None:
-        for item in items:
-            try:
-                self._write([item], {}, [], [])
-            except Exception as e:
-                self._finish([item], e)
-            else:
-                self._finish([item], None)
+    def _abandon(self, work: _Work, error) -> None:
+        self._finish([i for i in work.items if not i.finished], error)
+        self._finish_rejections([r for r in work.rejections if not r.finished], error)
+
+    def _abandon_queued(self) -> None:
+        with self._cond:
+            items, self._queue = list(self._queue), deque()
+            rejections, self._rejections = self._rejections, []
+        if items or rejections:
+            self._abandon(_Work(items, {}, [], [], rejections), StoreStopped("the gateway stopped"))
 
     def _finish(self, items, error) -> None:
+        items = [i for i in items if not i.finished]
+        if not items:
+            return
+        for i in items:
+            i.finished = True
+        count = sum(len(i.records) for i in items)
         with self._cond:
-            self._pending -= sum(len(i.records) for i in items)
+            self._pending -= count
         if error is None:
-            self.committed += sum(len(i.records) for i in items)
+            self.committed += count
         self.reactor.callFromThread(self._fire, [i.deferred for i in items], error)
+
+    def _finish_rejections(self, rejections, error) -> None:
+        rejections = [r for r in rejections if not r.finished]
+        if not rejections:
+            return
+        for r in rejections:
+            r.finished = True
+        with self._cond:
+            self._pending -= len(rejections)
+        if error is None:
+            self.rejected += len(rejections)
+        self.reactor.callFromThread(self._fire, [r.deferred for r in rejections], error)
 
     @staticmethod
     def _fire(deferreds, error) -> None:
@@ -429,11 +703,26 @@ class Store:
         if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
-    def _write(self, items, touches, learned, unknown) -> None:
-        # Device rows: a device new to this writer gets its row in the batch
-        # that carries its first records; afterwards last-seen data is merged
-        # in memory and written at most once a second, not once per batch.
-        self._seen.update(touches)
+    # -- writing ----------------------------------------------------------
+
+    def _transaction(self, body) -> None:
+        guard = getattr(self.engine, "trackport_guard", None)
+        if guard is not None:
+            guard.take_trip()
+        try:
+            connection = self._connection()
+            with connection.begin():
+                body(connection)
+        except Exception as e:
+            trip = guard.take_trip() if guard is not None else None
+            if trip is not None:
+                self._drop_connection()
+                raise DatabaseUnavailable(trip) from e
+            if outage(e):
+                self._drop_connection()
+            raise
+
+    def _rows(self, items):
         rows = []
         devices: Dict[str, tuple] = {}
         for item in items:
@@ -441,29 +730,275 @@ class Store:
                 rows.append(position_row(item.device_id, item.protocol, record, item.received))
             if item.device_id is not None and item.device_id not in self._known:
                 devices.setdefault(item.device_id, (item.protocol, None, None, item.received))
+        return rows, devices
+
+    def _write_all(self, work: _Work) -> None:
+        self._seen.update(work.touches)
+        work.touches = {}
+        if self._suspects and any(self._suspect(i) for i in work.items):
+            # A source whose records were refused lately: its frames go in
+            # parts of their own from the start, not after a failed batch.
+            self._isolate(work, known=False)
+            return
+        try:
+            self._write(work)
+        except Exception as e:
+            if outage(e):
+                raise
+            # Not an outage but something the database refuses: find it, keep
+            # it raw, write everything else.
+            self._log("error", "the database refused a batch ({error}); isolating what it refuses",
+                      error=storable.text(_first_line(e), 500))
+            self._isolate(work, known=True)
+
+    @staticmethod
+    def _source(item: _Submission) -> tuple:
+        return (item.device_id, None if item.device_id is not None else item.peer)
+
+    def _suspect(self, item: _Submission) -> bool:
+        since = self._suspects.get(self._source(item))
+        if since is None:
+            return False
+        if _time.monotonic() - since > SUSPECT_SECONDS:
+            del self._suspects[self._source(item)]
+            return False
+        return True
+
+    def _suspected(self, item: _Submission) -> None:
+        if len(self._suspects) >= SUSPECTS_MAX:
+            self._suspects.clear()
+        self._suspects[self._source(item)] = _time.monotonic()
+
+    def _write(self, work: _Work) -> None:
+        # Device rows: a device new to this writer gets its row in the batch
+        # that carries its first records; afterwards last-seen data is merged
+        # in memory and written at most once a second, not once per batch.
+        rows, devices = self._rows(work.items)
         flush_seen = bool(self._seen) and (
             _time.monotonic() - self._seen_flushed >= SEEN_INTERVAL
             or any(d not in self._known for d in self._seen))
         if flush_seen:
             devices.update(self._seen)
-        connection = self._connection()
-        try:
-            with connection.begin():
-                if devices:
-                    self._upsert_devices(connection, devices)
-                if rows:
-                    self._insert_positions(connection, rows)
-                for device_id, settings in learned:
-                    merge_settings(connection, self.dialect, device_id, settings)
-                if unknown:
-                    connection.execute(schema.unknown_frames.insert(), unknown)
-        except (OperationalError, InterfaceError):
-            self._drop_connection()
-            raise
+
+        def body(connection):
+            if devices:
+                self._upsert_devices(connection, devices)
+            if rows:
+                self._insert_positions(connection, rows)
+            for device_id, settings in work.learned:
+                merge_settings(connection, self.dialect, device_id, settings)
+            if work.unknown:
+                connection.execute(schema.unknown_frames.insert(), work.unknown)
+            if work.rejections:
+                connection.execute(schema.rejected_records.insert(), [r.row for r in work.rejections])
+
+        self._transaction(body)
         self._known.update(devices)
         if flush_seen:
             self._seen = {}
             self._seen_flushed = _time.monotonic()
+        self._finish(work.items, None)
+        self._finish_rejections(work.rejections, None)
+        work.learned, work.unknown = [], []
+
+    def _isolate(self, work: _Work, known: bool) -> None:
+        """
+        Write what the database accepts of C{work}, keep what it refuses.
+
+        On PostgreSQL the search runs in one transaction, each attempt in a
+        savepoint: a refused part costs a rollback to its savepoint, not a
+        commit. SQLite (whose driver mishandles savepoints) commits each part.
+        """
+        if self.dialect != "postgresql":
+            self._isolate_in(None, work, lambda action: action(), known)
+            return
+        actions = []
+
+        def body(connection):
+            del actions[:]
+            self._isolate_in(connection, work, actions.append, known)
+
+        try:
+            self._transaction(body)
+        except Exception as e:
+            if outage(e):
+                raise
+            # Refused at commit (a deferred constraint): one transaction a part.
+            self._log("error", "the database refused the commit ({error}); isolating part by part",
+                      error=storable.text(_first_line(e), 500))
+            self._isolate_in(None, work, lambda action: action(), known)
+            return
+        for action in actions:
+            action()
+
+    def _part(self, connection, write, part) -> None:
+        """
+        Write C{part}: in a savepoint of C{connection}, or (L{None}) in a
+        transaction of its own.
+        """
+        if connection is None:
+            self._transaction(lambda c: write(c, part))
+        else:
+            with connection.begin_nested():
+                write(connection, part)
+
+    def _bisect(self, connection, units, write, done, refused, after, parts=None) -> None:
+        """
+        Write C{units} in as few parts as the database allows: a part it
+        refuses is halved until each refused unit is alone, and handed to
+        C{refused(unit, error)}; C{after(lambda: done(part))} follows each
+        part written. An outage is raised at once.
+        """
+        parts = deque(parts if parts is not None else [list(units)] if units else [])
+        while parts:
+            part = parts.popleft()
+            try:
+                self._part(connection, write, part)
+            except Exception as e:
+                if outage(e):
+                    raise
+                if len(part) > 1:
+                    middle = len(part) // 2
+                    parts.appendleft(part[middle:])
+                    parts.appendleft(part[:middle])
+                else:
+                    refused(part[0], e)
+                continue
+            after(lambda part=part: done(part))
+
+    def _isolate_in(self, connection, work: _Work, after, known: bool) -> None:
+        """
+        @param known: the whole batch was refused already: start from its
+            halves. Frames of suspect sources start in parts of their own.
+        """
+        def write_items(c, items):
+            rows, devices = self._rows(items)
+            if devices:
+                self._upsert_devices(c, devices)
+            if rows:
+                self._insert_positions(c, rows, nested=connection is not None)
+
+        def items_done(items):
+            self._known.update(i.device_id for i in items if i.device_id is not None)
+            self._finish(items, None)
+
+        items = [i for i in work.items if not i.finished]
+        suspects = [i for i in items if self._suspects and self._suspect(i)]
+        rest = [i for i in items if not (self._suspects and self._suspect(i))]
+        if suspects:
+            parts = ([rest] if rest else []) + [[i] for i in suspects]
+        elif known and len(items) > 1:
+            parts = [items[:len(items) // 2], items[len(items) // 2:]]
+        else:
+            parts = [items] if items else []
+        self._bisect(connection, items, write_items, items_done,
+                     lambda item, e: self._isolate_records(connection, item, e, after), after, parts)
+
+        seen = list(self._seen.items())
+
+        def seen_refused(entry, error):
+            device_id, (protocol, transport, peer, when) = entry
+            self._keep(connection, [rejected_row("last_seen", _first_line(error), transport, peer, protocol,
+                                                 device_id, detail=json.dumps(entry, default=str))], after)
+
+        self._bisect(connection, seen, lambda c, entries: self._upsert_devices(c, dict(entries)),
+                     lambda entries: self._known.update(d for d, _ in entries), seen_refused, after)
+
+        def write_learned(c, entries):
+            for device_id, settings in entries:
+                merge_settings(c, self.dialect, device_id, settings)
+
+        def learned_refused(entry, error):
+            device_id, settings = entry
+            self._keep(connection, [rejected_row("settings", _first_line(error), device_id=device_id,
+                                                 detail=json.dumps(settings, default=str))], after)
+
+        self._bisect(connection, work.learned, write_learned, lambda part: None, learned_refused, after)
+
+        def unknown_refused(row, error):
+            self._log("error", "an unrecognised frame from {peer} could not be kept: {error}",
+                      peer=row["peer"], error=storable.text(_first_line(error), 500))
+
+        self._bisect(connection, work.unknown,
+                     lambda c, rows: c.execute(schema.unknown_frames.insert(), rows),
+                     lambda part: None, unknown_refused, after)
+
+        self._bisect(connection, [r for r in work.rejections if not r.finished],
+                     lambda c, rs: c.execute(schema.rejected_records.insert(), [r.row for r in rs]),
+                     lambda rs: self._finish_rejections(rs, None),
+                     lambda r, error: after(lambda: self._finish_rejections([r], error)), after)
+
+        def cleared():
+            self._seen = {}
+            self._seen_flushed = _time.monotonic()
+            work.learned, work.unknown = [], []
+
+        after(cleared)
+
+    def _isolate_records(self, connection, item: _Submission, error, after) -> None:
+        """
+        A frame the database refuses: write each of its records it accepts,
+        keep the others raw with the reason; the frame then counts as stored.
+        """
+        refused = []
+        pairs = []
+        for record in item.records:
+            try:
+                pairs.append((record, position_row(item.device_id, item.protocol, record, item.received)))
+            except Exception as e:
+                refused.append((record, e))
+        device = ({item.device_id: (item.protocol, None, None, item.received)}
+                  if item.device_id is not None else {})
+
+        def write(c, part):
+            if device:
+                self._upsert_devices(c, device)
+            self._insert_positions(c, [row for _, row in part], nested=connection is not None)
+
+        self._bisect(connection, pairs, write, lambda part: None,
+                     lambda pair, e: refused.append((pair[0], e)), lambda action: None)
+        if not refused:
+            # Refused in a batch, accepted alone (a conflict with another row).
+            after(lambda: self._finish([item], None))
+            return
+        self._suspected(item)
+
+        def kept_or_not(kept):
+            for record, e in refused:
+                self._log("error", "{protocol} record of device {device_id} from {peer} refused by the"
+                          " database ({reason}); {what}",
+                          protocol=item.protocol, device_id=item.device_id, peer=item.peer,
+                          reason=storable.text(_first_line(e), 500),
+                          what="kept raw in rejected_records" if kept else "it could not be kept either: no ack")
+            self._finish([item], None if kept else error)
+
+        kept = self._keep(connection, [
+            rejected_row("record", _first_line(e), item.transport, item.peer, item.protocol, item.device_id,
+                         item.frame, _record_json(record), item.received)
+            for record, e in refused], after)
+        after(lambda: kept_or_not(kept))
+
+    def _keep(self, connection, rows, after) -> bool:
+        """
+        Write rows of C{rejected_records} (in a part of their own).
+        """
+        def write(c, part):
+            c.execute(schema.rejected_records.insert(), part)
+
+        try:
+            self._part(connection, write, rows)
+        except Exception as e:
+            if outage(e):
+                raise
+            self._log("error", "rejected rows could not be kept: {error}",
+                      error=storable.text(_first_line(e), 500))
+            return False
+
+        def counted():
+            self.rejected += len(rows)
+
+        after(counted)
+        return True
 
     def _connection(self):
         # The writer keeps one connection: no pool checkout (and pre-ping
@@ -481,7 +1016,11 @@ class Store:
                 pass
             self._conn = None
 
-    def _insert_positions(self, connection, rows: List[tuple]) -> None:
+    def _insert_positions(self, connection, rows: List[tuple], nested: bool = False) -> None:
+        """
+        @param nested: in a savepoint, where the staging rows of an earlier
+            part of the same transaction must not be merged again.
+        """
         if self.dialect == "postgresql":
             # SQLAlchemy (and psycopg2's executemany) run INSERT ... ON CONFLICT
             # row by row. COPY into a per-connection staging table and one
@@ -493,6 +1032,8 @@ class Store:
                 cursor.execute(_PG_STAGE)
                 cursor.copy_expert(_PG_COPY, io.StringIO(text))
                 cursor.execute(_PG_MERGE)
+                if nested:
+                    cursor.execute("DELETE FROM positions_stage")
             finally:
                 cursor.close()
         else:

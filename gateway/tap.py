@@ -17,6 +17,8 @@ class Options(usage.Options):
         ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
+        ["log-size", None, 10_000_000, "Bytes after which twistd's log file is rotated.", int],
+        ["log-files", None, 10, "Rotated log files kept.", int],
     ]
 
     def postOptions(self):
@@ -25,6 +27,11 @@ class Options(usage.Options):
         if self["idle-timeout"] < 0:
             raise usage.UsageError("--idle-timeout must be 0 (never) or a number of seconds")
         self["db"] = database_url(self["db"])
+        if self["log-size"] < 1 or self["log-files"] < 1:
+            raise usage.UsageError("--log-size and --log-files must be at least 1")
+        from gateway.logfile import install
+
+        install(getattr(self, "parent", None), self["log-size"], self["log-files"])
 
 
 def makeService(options):

@@ -26,7 +26,7 @@ class HeldStore(MemoryStore):
         super().__init__()
         self.held = []
 
-    def submit(self, device_id, protocol, peer, records):
+    def submit(self, device_id, protocol, peer, records, **kw):
         d = Deferred()
         self.held.append((d, list(records)))
         return d
@@ -156,7 +156,7 @@ def test_ack_only_after_commit_and_in_frame_order():
 
 def test_failed_store_means_no_ack():
     class Down(MemoryStore):
-        def submit(self, *args):
+        def submit(self, *args, **kw):
             return fail(RuntimeError("database down"))
 
     hub, protocol, transport = connect(store=Down())

@@ -3,6 +3,7 @@ The store on real databases (SQLite file, PostgreSQL): batched commits, re-sent
 records stored once, an outage holding records (no acks) until it ends.
 """
 
+import json
 import socket
 import sqlite3
 import threading
@@ -247,3 +248,154 @@ def test_schema_revision_is_the_migrations_head():
     config.set_main_option("script_location",
                            os.path.join(os.path.dirname(gateway.store.__file__), "migrations"))
     assert ScriptDirectory.from_config(config).get_current_head() == schema.REVISION
+
+
+def _refuse(engine):
+    """
+    Operator rules the database enforces and the gateway cannot know: a record
+    with event C{refused}, and the device C{refused-id}.
+    """
+    with engine.begin() as c:
+        if engine.dialect.name == "postgresql":
+            c.exec_driver_sql(
+                "CREATE FUNCTION refuse_record() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.event = 'refused' THEN RAISE EXCEPTION 'operator rule: refused event'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql")
+            c.exec_driver_sql("CREATE TRIGGER refuse_record BEFORE INSERT ON positions "
+                              "FOR EACH ROW EXECUTE FUNCTION refuse_record()")
+            c.exec_driver_sql(
+                "CREATE FUNCTION refuse_device() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.id = 'refused-id' THEN RAISE EXCEPTION 'operator rule: refused device'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql")
+            c.exec_driver_sql("CREATE TRIGGER refuse_device BEFORE INSERT OR UPDATE ON devices "
+                              "FOR EACH ROW EXECUTE FUNCTION refuse_device()")
+        else:
+            c.exec_driver_sql("CREATE TRIGGER refuse_record BEFORE INSERT ON positions "
+                              "WHEN NEW.event = 'refused' BEGIN "
+                              "SELECT RAISE(ABORT, 'operator rule: refused event'); END")
+            for op in ("INSERT", "UPDATE"):
+                c.exec_driver_sql(f"CREATE TRIGGER refuse_device_{op} BEFORE {op} ON devices "
+                                  "WHEN NEW.id = 'refused-id' BEGIN "
+                                  "SELECT RAISE(ABORT, 'operator rule: refused device'); END")
+
+
+def test_refused_rows_are_kept_raw_and_block_no_one(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    _refuse(engine)
+    s = Store(engine, ThreadReactor())
+    # Everything below is queued before the writer runs: one batch. Records
+    # of no device are not deduplicated: each part is written once.
+    honest = [s.submit(None, "toy", "10.0.0.2:2", [rec(40), rec(41)], frame=b"no id")]
+    honest += [s.submit(f"dev{i}", "toy", "10.0.0.1:1", [rec(i)], frame=b"honest", transport="tcp")
+              for i in range(20)]
+    poison = s.submit("devp", "toy", "10.0.0.9:9", [rec(1), rec(2, event="refused"), rec(3)],
+                      frame=b"POISON\x00FRAME", transport="udp")
+    s.touch("refused-id", "toy", "udp", "10.0.0.8:8")
+    s.touch("dev0", "toy", "tcp", "10.0.0.1:1")
+    s.learn("refused-id", {"toy.x": "1"})
+    s.learn("dev1", {"toy.y": "2"})
+    honest += [s.submit(f"dev{i}", "toy", "10.0.0.1:1", [rec(i % 60)], frame=b"honest", transport="tcp")
+               for i in range(20, 40)]
+    s.start()
+    try:
+        # Every frame counts as stored, the poison too (its bytes are kept).
+        assert [wait_for(d) for d in honest] == [None] * 41
+        assert wait_for(poison) is None
+        assert count(engine) == 44
+        # Last-seen data and settings are isolated after the frames.
+        deadline = time.time() + 20
+        while count(engine, schema.rejected_records) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        with engine.connect() as c:
+            rejected = c.execute(select(schema.rejected_records).order_by(
+                schema.rejected_records.c.id)).mappings().all()
+            settings = dict(c.execute(select(schema.devices.c.id, schema.devices.c.settings)).all())
+        kinds = {r["kind"]: r for r in rejected}
+        assert sorted(kinds) == ["last_seen", "record", "settings"]
+        record = kinds["record"]
+        assert bytes(record["data"]) == b"POISON\x00FRAME" and record["device_id"] == "devp"
+        assert "refused event" in record["reason"] and '"event": "refused"' in record["detail"]
+        assert record["peer"] == "10.0.0.9:9" and record["transport"] == "udp"
+        assert kinds["last_seen"]["device_id"] == "refused-id"
+        assert "refused device" in kinds["last_seen"]["reason"]
+        assert kinds["settings"]["device_id"] == "refused-id"
+        assert settings["dev1"] == {"toy.y": "2"} and "refused-id" not in settings
+        # The writer is not stuck: later work goes through at once.
+        assert wait_for(s.submit("dev1", "toy", "p", [rec(59, speed_kmh=1.0)]), timeout=10) is None
+        # The same source again: its frames now go apart from the start.
+        again = [s.submit("devp", "toy", "10.0.0.9:9", [rec(4), rec(5, event="refused")], frame=b"AGAIN"),
+                 s.submit("dev2", "toy", "p", [rec(58, speed_kmh=2.0)])]
+        assert [wait_for(d) for d in again] == [None, None]
+        assert count(engine) == 47
+        with engine.connect() as c:
+            assert bytes(c.execute(select(schema.rejected_records.c.data).order_by(
+                schema.rejected_records.c.id.desc())).scalars().first()) == b"AGAIN"
+        assert s.rejected == 4
+    finally:
+        wait_for(s.stop())
+
+
+def test_unit_ids_a_database_refuses_never_halt_storage(db_url):
+    # A 100-digit "unit id" ($INFO= datagram) and one with a NUL byte (a
+    # SkyPatrol report) used to stay in the writer's last-seen map and fail
+    # every later batch on PostgreSQL.
+    engine = engine_for(db_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+    try:
+        s.touch("1" * 100, "atrack", "udp", "10.0.0.1:1")
+        s.touch("1\x00477583", "skypatrol", "udp", "10.0.0.1:2")
+        s.learn("1" * 100, {"atrack.format": "x"})
+        assert wait_for(s.submit("dev1", "toy", "p", [rec(0)]), timeout=10) is None
+        assert wait_for(s.submit("dev2", "toy", "p", [rec(1)]), timeout=10) is None
+        assert count(engine) == 2
+        with engine.connect() as c:
+            assert sorted(c.execute(select(schema.devices.c.id)).scalars()) == ["dev1", "dev2"]
+    finally:
+        wait_for(s.stop())
+
+
+def test_unstorable_values_are_stored_by_rule(db_url):
+    engine = engine_for(db_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+    try:
+        bad = Position(time=None, latitude=float("nan"), longitude=1.0, speed_kmh=float("inf"),
+                       event="E\x00" + "v" * 100,
+                       attributes={"k\x00": "v\x00\ud800", "big": 2 ** 70, "f": float("-inf")})
+        assert wait_for(s.submit("dev1", "toy", "p\x00eer", [bad]), timeout=10) is None
+        with engine.connect() as c:
+            row = c.execute(select(schema.positions)).mappings().one()
+            rejected = c.execute(select(func.count()).select_from(schema.rejected_records)).scalar_one()
+        assert rejected == 0
+        assert row["latitude"] is None and row["speed_kmh"] is None and row["longitude"] == 1.0
+        assert row["event"] == ("E\\x00" + "v" * 100)[:64]
+        assert row["attributes"] == {"k\\x00": "v\\x00\\ud800", "big": str(2 ** 70), "f": "-inf",
+                                     "event_text": "E\\x00" + "v" * 100}
+    finally:
+        wait_for(s.stop())
+
+
+def test_rejected_command_lists_them_escaped(sqlite_url, capsys):
+    from gateway import cli
+
+    engine = engine_for(sqlite_url)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+    try:
+        assert wait_for(s.reject("device_id", "not a device id: 1\\x00\x1b[2J", "udp", "10.0.0.1:5",
+                                 "skypatrol", "1\x00\x1b[2J", b"\x00\x01raw")) is None
+    finally:
+        wait_for(s.stop())
+    assert cli.main(["rejected", "--db", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x00" not in out
+    assert "1\\x00\\x1b[2J" in out and "000172617" in out and "skypatrol" in out
+    assert cli.main(["rejected", "--json", "--db", sqlite_url]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["device_id"] == "1\\x00\\x1b[2J" and row["hex"] == "0001726177"
+    assert row["kind"] == "device_id" and row["transport"] == "udp" and row["length"] == 5
