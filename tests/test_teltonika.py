@@ -181,7 +181,7 @@ class HeldStore(MemoryStore):
         super().__init__()
         self.held = []
 
-    def submit(self, device_id, protocol, peer, records):
+    def submit(self, device_id, protocol, peer, records, **kw):
         d = Deferred()
         self.held.append(d)
         return d
