@@ -7,8 +7,6 @@ queue, and TCP + UDP listeners on one port.
 from __future__ import annotations
 
 import socket
-from datetime import datetime
-
 from twisted.application.internet import TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
@@ -16,32 +14,48 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway.hub import Hub
+from gateway.identity import WINDOW
 from gateway.registry import discover
 from gateway.server import DatagramEndpoint, StreamFactory
-from gateway.store import Store, engine_for, load_settings, migrate
+from gateway.store import Store, engine_for, load_settings, migrate, settings_after
 
 log = Logger()
 
 
 class SettingsSync(Service):
     """
-    Picks up per-device settings changed by C{trackport configure} (or by
-    another gateway process) every few seconds.
+    Picks up per-device settings and known flags changed by C{trackport
+    configure} / C{trackport devices add} (or by another gateway process)
+    every few seconds.
+
+    Changes are read by their settings version (C{devices.settings_seq}),
+    which commits in the order it is drawn (L{gateway.ordering}): a cursor on
+    it cannot skip a change whose transaction commits late, as a comparison of
+    clocks could.
     """
 
     def __init__(self, hub: Hub, engine, interval: float = 2.0):
         self.hub = hub
         self.engine = engine
-        self.since = None
+        self.after = 0
         self._loop = LoopingCall(self._poll)
         self._loop.clock = hub.clock
         self.interval = interval
 
     def load_all(self) -> None:
         with self.engine.connect() as connection:
+            changed, self.after = settings_after(connection, 0)
             for device_id, settings in load_settings(connection).items():
                 self.hub.set_settings(device_id, settings)
-        self.since = datetime.now().astimezone()
+        self._apply(changed)
+
+    def _apply(self, changed) -> None:
+        for device_id, (settings, known) in changed.items():
+            self.hub.set_settings(device_id, settings)
+            if known:
+                self.hub.known.add(device_id)
+            else:
+                self.hub.known.discard(device_id)
 
     def startService(self):
         super().startService()
@@ -54,21 +68,19 @@ class SettingsSync(Service):
 
     @defer.inlineCallbacks
     def _poll(self):
-        since = self.since
-        stamp = datetime.now().astimezone()
+        after = self.after
 
         def read():
             with self.engine.connect() as connection:
-                return load_settings(connection, since)
+                return settings_after(connection, after)
 
         try:
-            changed = yield threads.deferToThread(read)
+            changed, last = yield threads.deferToThread(read)
         except Exception as e:
             log.warn("could not read device settings: {e}", e=e)
             return
-        self.since = stamp
-        for device_id, settings in changed.items():
-            self.hub.set_settings(device_id, settings)
+        self.after = max(self.after, last)
+        self._apply(changed)
 
 
 class StoreService(Service):
@@ -134,8 +146,10 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0):
+                 idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW):
         super().__init__()
+        self.devices = devices
+        self.claim_window = claim_window
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -155,7 +169,8 @@ class GatewayService(MultiService):
         engine = engine_for(self.db)
         migrate(engine)
         self.store = Store(engine, self.reactor)
-        self.hub = Hub(decoders, self.store, self.reactor)
+        self.hub = Hub(decoders, self.store, self.reactor, claim_window=self.claim_window,
+                       known_only=self.devices == "known")
         sync = SettingsSync(self.hub, engine)
         sync.load_all()
         StoreService(self.store).setServiceParent(self)
@@ -171,7 +186,13 @@ class GatewayService(MultiService):
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
-                        f" database: {engine.url.render_as_string(hide_password=True)}")
+                        f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}")
+
+    def stopService(self):
+        # Sessions closing at shutdown keep their commands where they are.
+        if self.hub is not None:
+            self.hub.stopping = True
+        return super().stopService()
 
     def startService(self):
         super().startService()

@@ -7,6 +7,8 @@ detect, frame, decode, store, and only then acknowledge.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections import deque
 from typing import Callable, Optional
 
@@ -26,6 +28,8 @@ DETECT_BYTES = 8192
 DETECT_SECONDS = 5.0
 #: Bytes a detected TCP session may leave unframed before they are thrown away.
 MAX_BUFFER = 256 * 1024
+
+_serial = itertools.count(1)
 
 
 class _Reply:
@@ -53,7 +57,7 @@ class Session:
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "write", "_close", "decoder", "device_id", "context",
+    __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "decoder", "device_id", "context",
                  "open", "last_seen", "_buffer", "_replies", "_detect_timer")
 
     def __init__(self, hub, transport: str, peer: str,
@@ -61,6 +65,10 @@ class Session:
         self.hub = hub
         self.transport = transport
         self.peer = peer
+        # Unique among the sessions of every gateway process: a command keeps
+        # the key of the session it was written on (only a reply there
+        # confirms it).
+        self.key = f"{os.getpid()}/{next(_serial)} {transport} {peer}"
         self.write = write
         self._close = close
         self.decoder = None
@@ -205,9 +213,12 @@ class Session:
                         protocol=self.protocol, peer=self.peer, hex=hexdump(frame))
             self.hub.error(self, f"decoder failed: {e!r}: {hexdump(frame)}", log_it=False)
             return
+        device_id = result.device_id or self.device_id
+        if not self.hub.admits(device_id):
+            self.hub.refused(self, device_id, frame)
+            return
         if result.device_id and result.device_id != self.device_id:
             self._bind_device(result.device_id)
-        device_id = result.device_id or self.device_id
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from gateway import schema
 from gateway.model import Position, canonical_json
+from gateway.ordering import serialize_ids
 
 log = Logger()
 
@@ -320,11 +321,12 @@ class Store:
             self._learned.append((device_id, dict(settings)))
             self._cond.notify()
 
-    def unknown(self, transport: str, peer: str, data: bytes) -> None:
+    def unknown(self, transport: str, peer: str, data: bytes, reason: Optional[str] = None) -> None:
         with self._cond:
             if len(self._unknown) < 1000:
                 self._unknown.append({"received_at": now(), "transport": transport, "peer": peer,
-                                      "length": len(data), "data": bytes(data[:1024])})
+                                      "length": len(data), "data": bytes(data[:1024]),
+                                      "reason": reason})
                 self._cond.notify()
 
     @property
@@ -449,6 +451,10 @@ class Store:
         connection = self._connection()
         try:
             with connection.begin():
+                if learned:
+                    # Settings versions are drawn under this lock; take it
+                    # before any row lock, as every other writer does.
+                    serialize_ids(connection)
                 if devices:
                     self._upsert_devices(connection, devices)
                 if rows:
@@ -537,6 +543,7 @@ def merge_settings(connection, dialect: str, device_id: str, settings: Mapping[s
     Merge C{settings} into a device's settings (a value of L{None} removes the
     key), creating the device row if needed. Returns the new settings.
     """
+    serialize_ids(connection)
     current = connection.execute(
         select(schema.devices.c.settings).where(schema.devices.c.id == device_id)).scalar_one_or_none()
     merged = dict(current or {})
@@ -551,17 +558,51 @@ def merge_settings(connection, dialect: str, device_id: str, settings: Mapping[s
             insert_ignoring(schema.devices, dialect, ("id",)),
             [{"id": device_id, "settings": merged, "settings_changed": stamp}])
     connection.execute(update(schema.devices).where(schema.devices.c.id == device_id)
-                       .values(settings=merged, settings_changed=stamp))
+                       .values(settings=merged, settings_changed=stamp,
+                               settings_seq=next_settings_seq(connection)))
     return merged
 
 
-def load_settings(connection, since: Optional[datetime] = None) -> Dict[str, dict]:
+def next_settings_seq(connection) -> int:
     """
-    Settings of every device (changed after C{since}, when given).
+    The next settings version, drawn under L{serialize_ids}: versions commit in
+    the order they are drawn, so a reader's cursor (C{settings_seq > last})
+    never skips a change that commits late.
     """
-    query = select(schema.devices.c.id, schema.devices.c.settings)
-    if since is not None:
-        query = query.where(schema.devices.c.settings_changed > since)
-    else:
-        query = query.where(schema.devices.c.settings_changed.is_not(None))
+    serialize_ids(connection)
+    return connection.execute(
+        select(func.coalesce(func.max(schema.devices.c.settings_seq), 0) + 1)).scalar_one()
+
+
+def load_settings(connection) -> Dict[str, dict]:
+    """
+    Settings of every device that has some.
+    """
+    query = select(schema.devices.c.id, schema.devices.c.settings).where(
+        schema.devices.c.settings_changed.is_not(None))
     return {row.id: dict(row.settings or {}) for row in connection.execute(query)}
+
+
+def settings_after(connection, after: int):
+    """
+    Devices whose settings or known flag changed after version C{after}:
+    C{({id: (settings, known)}, last version)}.
+    """
+    d = schema.devices.c
+    rows = connection.execute(select(d.id, d.settings, d.known, d.settings_seq)
+                              .where(d.settings_seq > after).order_by(d.settings_seq)).all()
+    last = max((r.settings_seq for r in rows), default=after)
+    return {r.id: (dict(r.settings or {}), bool(r.known)) for r in rows}, last
+
+
+def add_known(connection, dialect: str, device_id: str, protocol: Optional[str]) -> None:
+    """
+    Mark a device as added by an operator (C{--devices known} admits it).
+    """
+    serialize_ids(connection)
+    connection.execute(insert_ignoring(schema.devices, dialect, ("id",)),
+                       [{"id": device_id, "settings": {}, "protocol": protocol}])
+    values = {"known": True, "settings_seq": next_settings_seq(connection)}
+    if protocol:
+        values["protocol"] = protocol
+    connection.execute(update(schema.devices).where(schema.devices.c.id == device_id).values(**values))
