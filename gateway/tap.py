@@ -17,6 +17,10 @@ class Options(usage.Options):
         ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
+        ["devices", None, "any",
+         "any: store every device; known: only devices added with `trackport devices add`."],
+        ["claim-window", None, 120.0,
+         "Seconds a frame naming a device counts as a claim on it (identity conflicts).", float],
     ]
 
     def postOptions(self):
@@ -24,6 +28,10 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port must be 1-65535, not {self['port']}")
         if self["idle-timeout"] < 0:
             raise usage.UsageError("--idle-timeout must be 0 (never) or a number of seconds")
+        if self["devices"] not in ("any", "known"):
+            raise usage.UsageError(f"--devices must be any or known, not {self['devices']!r}")
+        if not self["claim-window"] > 0:
+            raise usage.UsageError("--claim-window must be a positive number of seconds")
         self["db"] = database_url(self["db"])
 
 
@@ -31,6 +39,7 @@ def makeService(options):
     from gateway.service import GatewayService
 
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                             devices=options["devices"], claim_window=options["claim-window"])
     service.prepare()
     return service
