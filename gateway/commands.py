@@ -60,6 +60,11 @@ OTHER_TTL = 3600
 #: could stop the engine after it.
 STOPPING = ("engine_stop", "custom")
 
+#: Seconds a command waiting for its reply holds back the next command with
+#: the same matching token: a device that never answers must not block its
+#: queue until the command expires.
+REPLY_WAIT = 60
+
 STATUSES = ("queued", "waiting", "sent", "confirmed", "failed", "expired", "cancelled")
 #: Not yet written to any session.
 UNSENT = ("queued", "waiting")
@@ -431,7 +436,8 @@ class CommandQueue(Service):
                 same = c.token.is_(None) if encoded.token is None else c.token == encoded.token
                 busy = connection.execute(sql_select(c.id).where(
                     c.device_id == command.device_id, c.status == "sent", c.finished_at.is_(None),
-                    c.expires_at >= now, same).limit(1)).scalar_one_or_none()
+                    c.expires_at >= now, c.sent_at >= now - timedelta(seconds=REPLY_WAIT),
+                    same).limit(1)).scalar_one_or_none()
                 if busy is not None:
                     return False
             return bool(transition(

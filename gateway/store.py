@@ -46,12 +46,40 @@ class StoreStopped(Exception):
     """
 
 
-def database_url(given: Optional[str] = None) -> str:
+def database_url(given: Optional[str] = None, config: Optional[str] = None) -> str:
     """
-    C{--db}, else C{$TRACKPORT_DB}, else C{sqlite:///trackport.db} in the working
+    C{--db}, else C{$TRACKPORT_DB}, else C{db} in the configuration file
+    (L{gateway.config}), else C{sqlite:///trackport.db} in the working
     directory.
     """
-    return given or os.environ.get("TRACKPORT_DB") or DEFAULT_DB
+    from gateway.config import read
+
+    return given or os.environ.get("TRACKPORT_DB") or read(config).get("db") or DEFAULT_DB
+
+
+class BadDatabaseURL(ValueError):
+    """
+    A database URL trackport cannot use.
+    """
+
+
+def check_url(url: str) -> URL:
+    """
+    C{url} parsed, refusing what trackport cannot use before anything
+    connects or creates a file.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise BadDatabaseURL(f"not a database URL: {url!r} (use sqlite:///PATH or "
+                             "postgresql://USER@HOST/NAME)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise BadDatabaseURL(f"unsupported database {backend!r}: trackport stores in SQLite "
+                             "(sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/NAME)")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise BadDatabaseURL("a SQLite URL needs a file: sqlite:///PATH")
+    return parsed
 
 
 class RawJson(str):

@@ -4,7 +4,8 @@ C{twistd trackport}: options and the service maker.
 
 from twisted.python import usage
 
-from gateway.store import database_url
+from gateway.config import ConfigError
+from gateway.store import BadDatabaseURL, check_url, database_url
 
 
 class Options(usage.Options):
@@ -14,7 +15,9 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", 8888, "TCP and UDP port the trackers report to.", int],
         ["interface", "i", "", "Address to listen on (default: all)."],
-        ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
+        ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else db in the configuration file,"
+                          " else sqlite:///trackport.db)."],
+        ["config", None, None, "Configuration file (default: $TRACKPORT_CONFIG, else /etc/trackport.conf)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
         ["devices", None, "any",
@@ -32,7 +35,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--devices must be any or known, not {self['devices']!r}")
         if not self["claim-window"] > 0:
             raise usage.UsageError("--claim-window must be a positive number of seconds")
-        self["db"] = database_url(self["db"])
+        try:
+            self["db"] = database_url(self["db"], self["config"])
+            check_url(self["db"])
+        except (BadDatabaseURL, ConfigError) as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(options):
