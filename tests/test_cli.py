@@ -178,3 +178,17 @@ def test_serve_start_failures_are_one_line_and_leave_no_file(tmp_path):
     out = run("serve", "--interface", "192.0.2.1", "--port", str(free_port()), cwd=tmp_path, timeout=90)
     assert out.returncode == 1 and "cannot start" in one_line(out)
     assert os.listdir(tmp_path) == []
+
+
+def test_the_systemd_unit_verifies(tmp_path):
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here")
+    with open(os.path.join(ROOT, "docs", "trackport.service")) as fh:
+        unit = fh.read().replace("/opt/trackport/.venv/bin/twistd",
+                                 os.path.join(os.path.dirname(sys.executable), "twistd"))
+    (tmp_path / "trackport.service").write_text(unit)
+    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "trackport.service")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
