@@ -33,7 +33,6 @@ from twisted.logger import Logger
 
 from gateway import schema
 from gateway.hexdump import hexdump, printable
-from gateway.identity import SENSITIVE
 from gateway.interfaces import EncodeError
 from gateway.model import COMMAND_TYPES, Command
 from gateway.ordering import serialize_ids

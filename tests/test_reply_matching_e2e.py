@@ -7,7 +7,7 @@ C{twistd} gateway and the H02 protocol.
 import re
 
 from tests.test_commands_e2e import send, status_of, wait_status
-from tests.test_e2e import tcp, wait_until
+from tests.test_e2e import tcp
 
 DEVICE = "4300250680"
 
