@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import binascii
 import json
-import os
 import sys
 
 from gateway.cliutil import CliError, add_db, pairs
@@ -31,15 +30,6 @@ def cmd_decode(args) -> int:
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
     return 0 if out["protocol"] is not None else 1
-
-
-def _sqlite_files(url):
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return []
-    return [parsed.database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
 
 
 def _first_line(error: BaseException) -> str:
@@ -68,8 +58,6 @@ def cmd_serve(args) -> int:
         options.parseOptions(argv)
     except usage.UsageError as e:
         raise CliError(str(e)) from None
-    # A start that fails leaves no empty database behind.
-    fresh = [path for path in _sqlite_files(options["db"]) if not os.path.exists(path)]
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
                              reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
                              devices=options["devices"], claim_window=options["claim-window"])
@@ -77,9 +65,8 @@ def cmd_serve(args) -> int:
         service.prepare()
         service.startService()
     except Exception as e:
-        for path in fresh:
-            if os.path.exists(path):
-                os.remove(path)
+        # A start that fails leaves no empty database behind.
+        service.discard_new_database()
         raise CliError(f"cannot start: {_first_line(e)}", 1) from None
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -6,10 +6,12 @@ queue, and TCP + UDP listeners on one port.
 
 from __future__ import annotations
 
+import os
 import socket
 from twisted.application.internet import TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -20,6 +22,15 @@ from gateway.server import DatagramEndpoint, StreamFactory
 from gateway.store import Store, engine_for, load_settings, migrate, settings_after
 
 log = Logger()
+
+
+def _sqlite_files(url: str):
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return []
+    return [parsed.database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
 
 
 class SettingsSync(Service):
@@ -166,6 +177,7 @@ class GatewayService(MultiService):
         from gateway.commands import CommandQueue
 
         decoders = self.decoders if self.decoders is not None else discover()
+        self._fresh = [path for path in _sqlite_files(self.db) if not os.path.exists(path)]
         engine = engine_for(self.db)
         migrate(engine)
         self.store = Store(engine, self.reactor)
@@ -187,6 +199,24 @@ class GatewayService(MultiService):
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
                         f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}")
+
+    def discard_new_database(self) -> None:
+        """
+        After a failed start: remove the SQLite files this start created, so a
+        mistake leaves no empty database behind.
+        """
+        for path in getattr(self, "_fresh", ()):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def privilegedStartService(self):
+        # twistd opens the ports here: a port in use or an address the machine
+        # does not have is one line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self.discard_new_database()
+            raise SystemExit(f"twistd trackport: cannot start: {e}") from None
 
     def stopService(self):
         # Sessions closing at shutdown keep their commands where they are.

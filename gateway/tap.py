@@ -48,5 +48,12 @@ def makeService(options):
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
                              reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
                              devices=options["devices"], claim_window=options["claim-window"])
-    service.prepare()
+    try:
+        service.prepare()
+    except Exception as e:
+        service.discard_new_database()
+        orig = getattr(e, "orig", None)
+        text = str(orig if orig is not None else e).strip()
+        line = text.splitlines()[0] if text else repr(e)
+        raise SystemExit(f"twistd trackport: cannot start: {line}") from None
     return service

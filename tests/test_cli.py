@@ -192,3 +192,27 @@ def test_the_systemd_unit_verifies(tmp_path):
     out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "trackport.service")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_twistd_start_failures_are_one_line_and_leave_no_file(tmp_path):
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TRACKPORT_DB", None)
+    port = free_port()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", port))
+    taken.listen(1)
+    try:
+        out = subprocess.run([twistd, "-n", "--pidfile=", "trackport", "--interface", "127.0.0.1",
+                              "--port", str(port)], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=90)
+    finally:
+        taken.close()
+    both = out.stdout + out.stderr
+    assert out.returncode == 1 and "Traceback" not in both
+    assert "twistd trackport: cannot start: Couldn't listen on 127.0.0.1" in both
+    out = subprocess.run([twistd, "-n", "--pidfile=", "trackport", "--port", str(free_port()),
+                          "--db", "postgresql://postgres@127.0.0.1:1/none"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=90)
+    assert out.returncode == 1 and "cannot start" in one_line(out)
+    assert os.listdir(tmp_path) == []
