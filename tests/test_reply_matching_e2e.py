@@ -5,9 +5,13 @@ C{twistd} gateway and the H02 protocol.
 """
 
 import re
+import socket
+from datetime import datetime
+
+from tests import vectorcheck
 
 from tests.test_commands_e2e import send, status_of, wait_status
-from tests.test_e2e import tcp
+from tests.test_e2e import recv_exactly, tcp
 
 DEVICE = "4300250680"
 
@@ -57,7 +61,12 @@ def test_engine_resume_cancels_a_queued_custom_and_events_record_every_change(ga
     other = send(g, DEVICE, "engine_stop")
     g.cli("commands", "cancel", str(other))
     resume = send(g, DEVICE, "engine_resume")
-    assert status_of(g, DEVICE, custom)["status"] == "cancelled"
+    row = status_of(g, DEVICE, custom)
+    # A custom command may be an engine stop: it lives no longer than one.
+    created, expires = (datetime.fromisoformat(row[k].replace("Z", "+00:00"))
+                        for k in ("created_at", "expires_at"))
+    assert (expires - created).total_seconds() == 600
+    assert row["status"] == "cancelled"
     assert f"engine_resume #{resume}" in status_of(g, DEVICE, custom)["error"]
     assert status_of(g, DEVICE, other)["error"] == "cancelled by the operator"
     short = send(g, DEVICE, "set_interval", "--param", "seconds=30", "--ttl", "0.5")
@@ -72,3 +81,30 @@ def test_engine_resume_cancels_a_queued_custom_and_events_record_every_change(ga
     assert events == [(custom, "queued"), (other, "queued"), (other, "cancelled"),
                       (resume, "queued"), (custom, "cancelled"), (short, "queued"),
                       (short, "expired")]
+
+
+def test_astra_stop_and_resume_never_share_the_imob_token_in_flight(gateway, db_url):
+    vector = next(v for v in vectorcheck.load() if v["id"] == "astra-001")
+    imei = vector["expect"]["device_id"]
+    g = gateway(db_url)
+    s = tcp(g.port)
+    s.sendall(b"".join(bytes.fromhex(h) for h in vector["frames_hex"]))
+    assert recv_exactly(s, 1) == b"\x06"
+    stop = send(g, imei, "engine_stop")
+    assert recv_exactly(s, 7) == b"$IMOB,3"
+    wait_status(g, imei, stop, "sent")
+    resume = send(g, imei, "engine_resume")
+    # Both answer "$IMOB,OK": the resume waits until the stop is answered, so
+    # a lost reply cannot make the resume's answer confirm the stop.
+    s.settimeout(2.0)
+    try:
+        early = s.recv(100)
+    except socket.timeout:
+        early = b""
+    assert early == b""
+    assert status_of(g, imei, resume)["status"] == "queued"
+    s.sendall(b"$IMOB,OK\r\n")
+    wait_status(g, imei, stop, "confirmed")
+    assert recv_exactly(s, 7) == b"$IMOB,0"
+    s.sendall(b"$IMOB,OK\r\n")
+    wait_status(g, imei, resume, "confirmed")
