@@ -130,7 +130,11 @@ class Hub:
         # Every frame naming a device is a claim; a UDP device is reachable
         # right after it spoke (NAT mappings are short-lived), a TCP device
         # on the connection that spoke last.
-        self.claims.claim(session, device_id)
+        if self.claims.claim(session, device_id) == 1 and self.sessions.get(device_id) is session:
+            # The common case, once per frame: the one session of the device.
+            if self.commands is not None:
+                self.commands.device_active(device_id)
+            return
         holder = self.claims.holder(device_id)
         moved = self.sessions.get(device_id) is not holder
         self.sessions[device_id] = holder

@@ -87,7 +87,11 @@ class Claims:
         self._claims: Dict[str, Dict[object, _Claim]] = {}
         self._devices: Dict[object, Set[str]] = {}
 
-    def claim(self, session, device_id: str) -> None:
+    def claim(self, session, device_id: str) -> int:
+        """
+        Note a frame of C{session} naming C{device_id}; returns how many
+        sessions claim the device.
+        """
         now = self.clock.seconds()
         claims = self._claims.setdefault(device_id, {})
         claim = claims.get(session)
@@ -96,6 +100,7 @@ class Claims:
             self._devices.setdefault(session, set()).add(device_id)
         else:
             claim.last = now
+        return len(claims)
 
     def release(self, session) -> None:
         """
