@@ -230,6 +230,9 @@ class CommandQueue(Service):
         if self._loop.running:
             self._loop.stop()
         self._stop_listening.set()
+        # The conflicts this process saw end with its sessions.
+        return defer.DeferredList([threads.deferToThread(self._set_conflict, device_id, None)
+                                   for device_id in list(self.hub.conflicts)], consumeErrors=True)
 
     def _listen(self) -> None:
         # LISTEN on a dedicated connection; each NOTIFY wakes the poll at once.

@@ -225,3 +225,16 @@ def test_allow_list_keeps_unknown_devices_out(gateway, db_url):
             return False
 
     assert wait_until(acked, timeout=15)
+
+
+def test_a_conflict_is_cleared_when_the_gateway_stops(gateway, db_url):
+    g = gateway(db_url)
+    victim = tcp(g.port)
+    hello(victim, 1)
+    attacker = udp_socket()
+    attacker.sendto(keepalive(seq=5), ("127.0.0.1", g.port))
+    assert attacker.recvfrom(100)[0] == keepalive(seq=5)
+    hello(victim, 2)
+    assert wait_until(lambda: devices(g)[IMEI].get("conflict"))
+    g.stop()
+    assert devices(g)[IMEI]["conflict"] is None
