@@ -168,14 +168,14 @@ class Hub:
                 self.commands.conflict(device_id, None)
 
     def _rehome(self, device_id: str, gone) -> None:
-        # The session holding a device stopped speaking for it (closed, or
-        # now names another device): its queued and in-flight commands move
-        # to the next open session claiming the device, if there is one.
-        if self.sessions.get(device_id) is not gone:
-            return
+        # A session stopped speaking for a device (closed, or now names
+        # another device): the device's queued commands follow the next open
+        # session claiming it, if there is one, and so do the commands written
+        # on the gone session and not yet answered (no reply can come there).
         holder = self.claims.holder(device_id)
         if holder is None:
-            del self.sessions[device_id]
+            if self.sessions.get(device_id) is gone:
+                del self.sessions[device_id]
             return
         self.sessions[device_id] = holder
         if self.commands is not None and not self.stopping:
