@@ -41,6 +41,9 @@ from gateway.hexdump import printable
 #: served, so that a real device still speaking is noticed.
 WINDOW = 120.0
 
+#: Sessions remembered per device id.
+MAX_CLAIMANTS = 16
+
 #: Commands that wait while the holder is settling: what must not reach an
 #: impostor (a custom command may be an engine stop; the gateway does not
 #: guess).
@@ -96,6 +99,13 @@ class Claims:
         claims = self._claims.setdefault(device_id, {})
         claim = claims.get(session)
         if claim is None:
+            if len(claims) >= MAX_CLAIMANTS:
+                # Many peers naming one id: forget the one silent longest, so
+                # that a flood of spoofed sources costs bounded work per frame.
+                stale = min(claims, key=lambda s: claims[s].last)
+                self._drop(stale, device_id)
+                self._devices.get(stale, set()).discard(device_id)
+                claims = self._claims.setdefault(device_id, {})
             claims[session] = _Claim(now)
             self._devices.setdefault(session, set()).add(device_id)
         else:

@@ -89,3 +89,16 @@ def test_the_holder_closing_hands_over_to_the_other_claimant():
     a.open = False
     c.release(a)
     assert c.holder("dev") is None and c.route("dev").session is None
+
+
+def test_claimants_per_device_are_bounded():
+    clock, c = claims()
+    victim = FakeSession("10.0.0.1:1000")
+    c.claim(victim, "dev")
+    for i in range(100):
+        clock.advance(0.01)
+        c.claim(FakeSession(f"10.9.0.{i}:1"), "dev")
+        clock.advance(0.01)
+        c.claim(victim, "dev")
+    assert len(c._claims["dev"]) == 16
+    assert victim in c._claims["dev"] and c.conflict("dev") is not None
