@@ -23,6 +23,8 @@ def devices(engine):
         "id": r["id"], "protocol": r["protocol"], "transport": r["transport"],
         "first_seen": isoformat(utc(r["first_seen"])), "last_seen": isoformat(utc(r["last_seen"])),
         "last_peer": r["last_peer"], "settings": dict(r["settings"] or {}),
+        "known": bool(r["known"]), "conflict": r["conflict"],
+        "conflict_at": isoformat(utc(r["conflict_at"])),
     } for r in rows]
 
 
@@ -55,5 +57,6 @@ def unknown(engine, limit: int = 100):
             select(schema.unknown_frames).order_by(u.id.desc()).limit(limit)).mappings().all()
     return [{
         "received_at": isoformat(utc(r["received_at"])), "transport": r["transport"],
-        "peer": r["peer"], "length": r["length"], "hex": bytes(r["data"]).hex(),
+        "peer": r["peer"], "length": r["length"], "reason": r["reason"],
+        "hex": bytes(r["data"]).hex(),
     } for r in reversed(rows)]

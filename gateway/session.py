@@ -12,6 +12,8 @@ error lines are rate-limited, and a session that sends mostly garbage is closed.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections import deque
 from typing import Callable, Optional
 
@@ -51,6 +53,8 @@ GARBAGE_SECONDS = 10.0
 GARBAGE_BYTES = 64 * 1024
 GARBAGE_SHARE = 0.75
 
+_serial = itertools.count(1)
+
 
 class _Reply:
     """
@@ -77,7 +81,7 @@ class Session:
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "write", "_close", "_pause", "_resume", "decoder",
+    __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "_pause", "_resume", "decoder",
                  "device_id", "context", "open", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since")
 
@@ -92,6 +96,10 @@ class Session:
         self.hub = hub
         self.transport = transport
         self.peer = peer
+        # Unique among the sessions of every gateway process: a command keeps
+        # the key of the session it was written on (only a reply there
+        # confirms it).
+        self.key = f"{os.getpid()}/{next(_serial)} {transport} {peer}"
         self.write = write
         self._close = close
         self._pause = pause
@@ -259,13 +267,16 @@ class Session:
             self._error(f"decoder failed: {e!r}", frame, failure=True)
             return
         self._good += len(frame)
+        device_id = result.device_id or self.device_id
+        if not self.hub.admits(device_id):
+            self.hub.refused(self, device_id, frame)
+            return
         if result.device_id and result.device_id != self.device_id:
             if not is_device_id(result.device_id):
                 # Not an id: never bound, never a device row; kept raw.
                 self._queue_reply(self.hub.not_an_id(self, result.device_id, frame), result.reply)
                 return
             self._bind_device(result.device_id)
-        device_id = result.device_id or self.device_id
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:

@@ -4,7 +4,8 @@ C{twistd trackport}: options and the service maker.
 
 from twisted.python import usage
 
-from gateway.store import database_url
+from gateway.config import ConfigError
+from gateway.store import BadDatabaseURL, check_url, database_url
 
 
 class Options(usage.Options):
@@ -14,11 +15,17 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", 8888, "TCP and UDP port the trackers report to.", int],
         ["interface", "i", "", "Address to listen on (default: all)."],
-        ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
+        ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else db in the configuration file,"
+                          " else sqlite:///trackport.db)."],
+        ["config", None, None, "Configuration file (default: $TRACKPORT_CONFIG, else /etc/trackport.conf)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
         ["log-size", None, 10_000_000, "Bytes after which twistd's log file is rotated.", int],
         ["log-files", None, 10, "Rotated log files kept.", int],
+        ["devices", None, "any",
+         "any: store every device; known: only devices added with `trackport devices add`."],
+        ["claim-window", None, 120.0,
+         "Seconds a frame naming a device counts as a claim on it (identity conflicts).", float],
     ]
 
     def postOptions(self):
@@ -26,7 +33,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port must be 1-65535, not {self['port']}")
         if self["idle-timeout"] < 0:
             raise usage.UsageError("--idle-timeout must be 0 (never) or a number of seconds")
-        self["db"] = database_url(self["db"])
+        if self["devices"] not in ("any", "known"):
+            raise usage.UsageError(f"--devices must be any or known, not {self['devices']!r}")
+        if not self["claim-window"] > 0:
+            raise usage.UsageError("--claim-window must be a positive number of seconds")
+        try:
+            self["db"] = database_url(self["db"], self["config"])
+            check_url(self["db"])
+        except (BadDatabaseURL, ConfigError) as e:
+            raise usage.UsageError(str(e)) from None
         if self["log-size"] < 1 or self["log-files"] < 1:
             raise usage.UsageError("--log-size and --log-files must be at least 1")
         from gateway.logfile import install
@@ -38,6 +53,14 @@ def makeService(options):
     from gateway.service import GatewayService
 
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
-    service.prepare()
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                             devices=options["devices"], claim_window=options["claim-window"])
+    try:
+        service.prepare()
+    except Exception as e:
+        service.discard_new_database()
+        orig = getattr(e, "orig", None)
+        text = str(orig if orig is not None else e).strip()
+        line = text.splitlines()[0] if text else repr(e)
+        raise SystemExit(f"twistd trackport: cannot start: {line}") from None
     return service
