@@ -80,6 +80,8 @@ def cmd_serve(args) -> int:
             "--idle-timeout", str(args.idle_timeout)]
     argv += ["--db", args.db] if args.db else []
     argv += ["--reuse-port"] if args.reuse_port else []
+    for forward in args.forward or ():
+        argv += ["--forward", forward]
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
@@ -87,7 +89,8 @@ def cmd_serve(args) -> int:
         return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                             forwards=options["forwards"])
     service.prepare()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -199,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
                    help="SO_REUSEPORT: several gateway processes share the port")
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
+    p.add_argument("--forward", action="append", metavar="NAME=URL",
+                   help="forward stored records to a webhook, MQTT or AMQP URL (repeatable)")
     db(p)
     p.set_defaults(run=cmd_serve)
 
@@ -241,6 +246,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     db(p)
     p.set_defaults(run=cmd_configure)
+
+    from gateway.forward.cli import register as register_forward
+    register_forward(sub, db)
     return top
 
 

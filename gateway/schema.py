@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0001"
+REVISION = "0004"
 
 metadata = MetaData()
 
@@ -84,4 +84,33 @@ unknown_frames = Table(
     Column("peer", String(128), nullable=False),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+command_events = Table(
+    "command_events", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("command_id", Integer, nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", Time, nullable=False),
+    Column("detail", Text),
+    Index("ix_command_events_command", "command_id"),
+)
+
+#: One row per forwarding sink: its cursors (the last position and command
+#: event the target confirmed), who delivers it (SQLite's lease), and how it
+#: fares. See L{gateway.forward}.
+forward_sinks = Table(
+    "forward_sinks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("position_id", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("holder", String(128)),
+    Column("lease_until", Time),
+    Column("delivered_at", Time),
+    Column("last_error", Text),
+    Column("error_at", Time),
 )

@@ -134,8 +134,9 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0):
+                 idle_timeout: float = 3600.0, forwards=None):
         super().__init__()
+        self.forwards = dict(forwards or {})
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -163,6 +164,10 @@ class GatewayService(MultiService):
         self.commands = CommandQueue(self.hub, engine, self.reactor)
         self.hub.commands = self.commands
         self.commands.setServiceParent(self)
+        if self.forwards:
+            from gateway.forward.outbox import Forwarder
+
+            Forwarder(self.forwards, self.db, self.reactor, self.store).setServiceParent(self)
         factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
         if self.reuse_port:
             SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)
@@ -171,7 +176,8 @@ class GatewayService(MultiService):
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
-                        f" database: {engine.url.render_as_string(hide_password=True)}")
+                        f" database: {engine.url.render_as_string(hide_password=True)}"
+                        f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}")
 
     def startService(self):
         super().startService()

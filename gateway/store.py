@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 
 from gateway import schema
+from gateway.ordering import serialize_ids
 from gateway.model import Position, canonical_json
 
 log = Logger()
@@ -269,6 +270,7 @@ class Store:
         self._seen_flushed = 0.0
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
+        self._commit_listeners: List = []
 
     # -- reactor side -----------------------------------------------------
 
@@ -326,6 +328,13 @@ class Store:
                 self._unknown.append({"received_at": now(), "transport": transport, "peer": peer,
                                       "length": len(data), "data": bytes(data[:1024])})
                 self._cond.notify()
+
+    def add_commit_listener(self, fn) -> None:
+        """
+        Call C{fn()} in the reactor thread after each transaction that stored
+        positions, so readers by cursor (forwarding, live feeds) need not poll.
+        """
+        self._commit_listeners.append(fn)
 
     @property
     def pending(self) -> int:
@@ -449,6 +458,10 @@ class Store:
         connection = self._connection()
         try:
             with connection.begin():
+                if rows:
+                    # First, before any row lock: a writer that waits here
+                    # holds nothing another writer needs.
+                    serialize_ids(connection)
                 if devices:
                     self._upsert_devices(connection, devices)
                 if rows:
@@ -461,6 +474,9 @@ class Store:
             self._drop_connection()
             raise
         self._known.update(devices)
+        if rows:
+            for fn in self._commit_listeners:
+                self.reactor.callFromThread(fn)
         if flush_seen:
             self._seen = {}
             self._seen_flushed = _time.monotonic()
