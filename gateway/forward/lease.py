@@ -7,7 +7,8 @@ PostgreSQL: a session-level advisory lock held on the delivering process's own
 connection; the server releases it the moment that connection ends (a
 process killed -9 included), and the next process that asks gets it.
 SQLite: a lease row (holder, expiry) renewed while delivering; a dead
-holder's lease expires after L{RowLease.ttl} seconds.
+holder's lease expires after L{RowLease.ttl} seconds, at once when the holder
+was a process of this host that no longer exists.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import zlib
 from datetime import timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, or_, select, update
 
 from gateway import schema
 from gateway.store import now
@@ -31,6 +32,22 @@ def holder_name() -> str:
     How this process names itself as a sink's holder.
     """
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(holder: str) -> bool:
+    """
+    Whether C{holder} names a process of this host that has ended.
+    """
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _sink_key(name: str) -> int:
@@ -85,6 +102,11 @@ class RowLease:
     def acquire(self, connection) -> bool:
         s = schema.forward_sinks.c
         stamp = now()
+        current = connection.execute(select(s.holder).where(s.name == self.name)).scalar()
+        if current is not None and _gone(current):
+            connection.execute(update(schema.forward_sinks)
+                               .where(and_(s.name == self.name, s.holder == current))
+                               .values(holder=None, lease_until=None))
         taken = connection.execute(
             update(schema.forward_sinks)
             .where(and_(s.name == self.name,
