@@ -83,6 +83,8 @@ def make_sink(name: str, url: str, reactor=None) -> ISink:
     """
     if not NAME.match(name):
         raise ValueError(f"sink name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+    if "#" in url:
+        raise ValueError(f"sink {name}: '#' would end the URL (a fragment); write it %23")
     scheme = urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         from gateway.forward.webhook import WebhookSink
