@@ -145,7 +145,6 @@ class SinkRunner(Service):
         self.holder = holder or holder_name()
         self.lease = lease_for(engine.dialect.name, name, self.holder)
         self.holding = False
-        self.delivered = 0
         self._connection = None
         self._running = False
         self._wakeup: Optional[defer.Deferred] = None
@@ -156,6 +155,7 @@ class SinkRunner(Service):
         self._standing_by = False
         self._idle = False
         self._error_stored = False
+        self._db_down = False
 
     # -- database, on a thread; one call at a time per runner ---------------
 
@@ -250,6 +250,9 @@ class SinkRunner(Service):
     def _lost_lease(self, why: str) -> None:
         if self.holding:
             log.warn("forward {name}: this process stops delivering it ({why})", name=self.name, why=why)
+        elif not self._db_down:
+            log.warn("forward {name}: cannot start delivering ({why})", name=self.name, why=why)
+        self._db_down = True
         self.holding = False
 
     @defer.inlineCallbacks
@@ -259,13 +262,14 @@ class SinkRunner(Service):
                 if not self.holding:
                     got = yield self._db(self._acquire)
                     if got is None:
+                        self._db_down = False
                         if not self._standing_by:
                             log.info("forward {name}: another gateway process delivers it; standing by",
                                      name=self.name)
                             self._standing_by = True
                         yield self._pause(self.lease_interval)
                         continue
-                    self.holding, self._standing_by = True, False
+                    self.holding, self._standing_by, self._db_down = True, False, False
                     self._error_stored = got.last_error is not None
                     log.info("forward {name}: delivering to {url} after record id {cursor}",
                              name=self.name, url=self.url, cursor=got.position_id)
@@ -291,7 +295,6 @@ class SinkRunner(Service):
                 continue
             self._current = None
             yield self._succeeded()
-            self.delivered += len(batch.messages)
             try:
                 moved = yield self._db(self._advance, batch)
             except Exception as e:
