@@ -6,6 +6,7 @@ collectors reading what reached Mosquitto and RabbitMQ.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
@@ -180,12 +181,17 @@ class Proxy:
 class MqttCollector:
     """
     Subscribed (QoS 1) to C{prefix/#} on the broker itself, not through a proxy.
+
+    Messages are only queued on paho's thread and parsed when read: a
+    subscriber that falls behind has messages dropped by the broker
+    (Mosquitto's max_queued_messages), which would look like a loss.
     """
 
     def __init__(self, prefix: str):
         import paho.mqtt.client as mqtt
 
-        self.received = Received()
+        self._received = Received()
+        self._raw = collections.deque()
         self.prefix = prefix
         self.topics = []
         ready = threading.Event()
@@ -201,9 +207,17 @@ class MqttCollector:
         self.client = client
 
     def _message(self, client, userdata, message):
-        obj = json.loads(message.payload)
-        self.topics.append(message.topic)
-        self.received.add(obj.get("kind", "position"), obj)
+        self._raw.append((time.time(), message.topic, message.payload))
+
+    @property
+    def received(self) -> Received:
+        while self._raw:
+            arrived, topic, payload = self._raw.popleft()
+            obj = json.loads(payload)
+            self.topics.append(topic)
+            with self._received.lock:
+                self._received.items.append((arrived, obj.get("kind", "position"), obj))
+        return self._received
 
     def close(self):
         self.client.disconnect()
