@@ -189,7 +189,8 @@ def test_another_gateway_takes_a_sink_over(gateway, db_url):
         args = ["--forward", f"hook={receiver.url}"]
         first = gateway(db_url, extra_env=TOY, args=args)
         assert wait_for(lambda: "forward hook: delivering to" in first.output(), 30), first.output()
-        second = gateway(db_url, extra_env=TOY, args=args)
+        # `trackport serve` takes the same --forward as twistd.
+        second = gateway(db_url, extra_env=TOY, args=args, serve=True)
         assert wait_for(lambda: "forward hook: another gateway process delivers it" in second.output(),
                         30), second.output()
         device = Device("takeover1")
