@@ -16,7 +16,7 @@ from gateway.forward import cli as forward_cli
 from gateway.forward.amqp import AmqpSink, key_safe
 from gateway.forward.mqtt import MqttSink, topic_safe
 from gateway.forward.outbox import read_batch, register
-from gateway.forward.sinks import Message, expand, parse_forwards, redact
+from gateway.forward.sinks import Message, expand, redact
 from gateway.forward.webhook import WebhookSink
 from gateway.model import Position
 from gateway.ordering import serialize_ids

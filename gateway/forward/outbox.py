@@ -15,7 +15,6 @@ and never skips a row.
 from __future__ import annotations
 
 import time as _time
-from datetime import datetime
 from typing import Dict, List, Optional
 
 import attr

@@ -60,12 +60,11 @@ class WebhookSink:
         except ValueError as e:
             raise ValueError(f"sink {name}: {e}") from None
         if parts.scheme == "https":
-            try:
-                import OpenSSL  # noqa: F401
-                import service_identity  # noqa: F401
-            except ImportError:
+            from importlib.util import find_spec
+
+            if find_spec("OpenSSL") is None or find_spec("service_identity") is None:
                 raise ValueError(f"sink {name}: https needs TLS support "
-                                 "(pip install 'twisted[tls]')") from None
+                                 "(pip install 'twisted[tls]')")
         query = parse_qsl(parts.query, keep_blank_values=True)
         secrets = [v for k, v in query if k == "secret"]
         self.secret = secrets[-1].encode("utf-8") if secrets else None
