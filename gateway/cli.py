@@ -18,7 +18,8 @@ from gateway import __version__
 from gateway.cliutil import CliError
 
 #: The modules that register subcommands.
-MODULES = ("gateway.cli_run", "gateway.cli_data", "gateway.cli_commands", "gateway.rejected")
+MODULES = ("gateway.cli_run", "gateway.cli_data", "gateway.cli_commands", "gateway.rejected",
+           "gateway.forward.cli")
 
 
 def parser() -> argparse.ArgumentParser:

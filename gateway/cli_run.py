@@ -43,8 +43,7 @@ def cmd_serve(args) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.python import usage
 
-    from gateway.service import GatewayService
-    from gateway.tap import Options
+    from gateway.tap import Options, gateway_service
 
     # The same options and checks as `twistd trackport`, so the two never drift.
     options = Options()
@@ -54,13 +53,13 @@ def cmd_serve(args) -> int:
     argv += ["--db", args.db] if args.db else []
     argv += ["--config", args.config] if args.config else []
     argv += ["--reuse-port"] if args.reuse_port else []
+    for forward in args.forward or ():
+        argv += ["--forward", forward]
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
         raise CliError(str(e)) from None
-    service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
-                             devices=options["devices"], claim_window=options["claim-window"])
+    service = gateway_service(options)
     try:
         service.prepare()
         service.startService()
@@ -89,6 +88,8 @@ def register(sub) -> None:
                    help="SO_REUSEPORT: several gateway processes share the port")
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
+    p.add_argument("--forward", action="append", metavar="NAME=URL",
+                   help="forward stored records to a webhook, MQTT or AMQP URL (repeatable)")
     p.add_argument("--devices", choices=("any", "known"), default="any",
                    help="known: store and ack only devices added with `trackport devices add`")
     p.add_argument("--claim-window", type=float, default=120.0, metavar="SECONDS",

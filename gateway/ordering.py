@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ordering -*-
+# -*- test-case-name: tests.test_ordering,tests.test_forward_ordering -*-
 """
 Ids that commit in the order they were drawn, so a reader that keeps a cursor
 (C{id > last}) never skips a row that commits late.

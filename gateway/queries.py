@@ -41,13 +41,25 @@ def positions(engine, device_id: Optional[str] = None, since: Optional[datetime]
         query = query.where(p.time >= since)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
-    return [{
-        "device_id": r["device_id"], "protocol": r["protocol"],
+    return [position_json(r) for r in reversed(rows)]
+
+
+def position_json(r) -> dict:
+    """
+    A C{positions} row as the JSON object of docs/forwarding.md and docs/records.md: the
+    record fields plus C{id}, C{device_id}, C{protocol}, C{server_time} and
+    C{archive} (the record is buffered history). C{positions --json}, the
+    forwarding sinks and the HTTP API all use this one shape.
+    """
+    attributes = dict(r["attributes"] or {})
+    return {
+        "id": r["id"], "device_id": r["device_id"], "protocol": r["protocol"],
         "time": isoformat(utc(r["time"])), "server_time": isoformat(utc(r["server_time"])),
         "latitude": r["latitude"], "longitude": r["longitude"], "valid": r["valid"],
         "speed_kmh": r["speed_kmh"], "course": r["course"], "altitude_m": r["altitude_m"],
-        "alarm": list(r["alarm"] or []), "event": r["event"], "attributes": dict(r["attributes"] or {}),
-    } for r in reversed(rows)]
+        "alarm": list(r["alarm"] or []), "event": r["event"], "attributes": attributes,
+        "archive": bool(attributes.get("archive")),
+    }
 
 
 def unknown(engine, limit: int = 100):

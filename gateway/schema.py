@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0003"
+REVISION = "0004"
 
 metadata = MetaData()
 
@@ -125,4 +125,21 @@ rejected_records = Table(
     Column("detail", Text),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+#: One row per forwarding sink: its cursors (the last position and command
+#: event the target confirmed), who delivers it (SQLite's lease), and how it
+#: fares. See L{gateway.forward}.
+forward_sinks = Table(
+    "forward_sinks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("position_id", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("holder", String(128)),
+    Column("lease_until", Time),
+    Column("delivered_at", Time),
+    Column("last_error", Text),
+    Column("error_at", Time),
 )

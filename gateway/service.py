@@ -201,10 +201,12 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW):
+                 idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW,
+                 forwards=None):
         super().__init__()
         self.devices = devices
         self.claim_window = claim_window
+        self.forwards = dict(forwards or {})
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -256,6 +258,10 @@ class GatewayService(MultiService):
         else:
             sync.setServiceParent(self)
             self.commands.setServiceParent(self)
+        if self.forwards:
+            from gateway.forward.outbox import Forwarder
+
+            Forwarder(self.forwards, self.db, self.reactor, self.store).setServiceParent(self)
         factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
         if self.reuse_port:
             SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)
@@ -264,7 +270,8 @@ class GatewayService(MultiService):
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
-                        f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}")
+                        f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}"
+                        f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}")
 
     def discard_new_database(self) -> None:
         """

@@ -478,6 +478,7 @@ class Store:
         self._suspects: Dict[tuple, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
+        self._commit_listeners: List = []
 
     # -- reactor side -----------------------------------------------------
 
@@ -576,6 +577,13 @@ class Store:
                                       "length": len(data), "data": bytes(data[:1024]),
                                       "reason": reason})
                 self._cond.notify()
+
+    def add_commit_listener(self, fn) -> None:
+        """
+        Call C{fn()} in the reactor thread after each transaction that stored
+        positions, so readers by cursor (forwarding, live feeds) need not poll.
+        """
+        self._commit_listeners.append(fn)
 
     @property
     def pending(self) -> int:
@@ -827,9 +835,11 @@ class Store:
             devices.update(self._seen)
 
         def body(connection):
-            if work.learned:
-                # Settings versions are drawn under this lock; take it
-                # before any row lock, as every other writer does.
+            if rows or work.learned:
+                # Position ids and settings versions are drawn under this
+                # lock, so they commit in order (gateway.ordering); first,
+                # before any row lock: a writer that waits here holds nothing
+                # another writer needs.
                 serialize_ids(connection)
             if devices:
                 self._upsert_devices(connection, devices)
@@ -844,6 +854,9 @@ class Store:
 
         self._transaction(body)
         self._known.update(devices)
+        if rows:
+            for fn in self._commit_listeners:
+                self.reactor.callFromThread(fn)
         if flush_seen:
             self._seen = {}
             self._seen_flushed = _time.monotonic()
@@ -1071,6 +1084,9 @@ class Store:
         @param nested: in a savepoint, where the staging rows of an earlier
             part of the same transaction must not be merged again.
         """
+        # Every path that draws position ids holds the order lock (held once
+        # already, it is taken again at no cost until the transaction ends).
+        serialize_ids(connection)
         if self.dialect == "postgresql":
             # SQLAlchemy (and psycopg2's executemany) run INSERT ... ON CONFLICT
             # row by row. COPY into a per-connection staging table and one

@@ -28,6 +28,18 @@ class Options(usage.Options):
          "Seconds a frame naming a device counts as a claim on it (identity conflicts).", float],
     ]
 
+    def __init__(self):
+        super().__init__()
+        self["forward"] = []
+
+    def opt_forward(self, value):
+        """
+        NAME=URL: forward every stored record to a webhook (http[s]://...),
+        MQTT broker (mqtt://host:port/topic) or AMQP exchange
+        (amqp://user:pass@host:port/exchange?routing_key=...); repeatable.
+        """
+        self["forward"].append(value)
+
     def postOptions(self):
         if not 0 < self["port"] < 65536:
             raise usage.UsageError(f"--port must be 1-65535, not {self['port']}")
@@ -47,14 +59,29 @@ class Options(usage.Options):
         from gateway.logfile import install
 
         install(getattr(self, "parent", None), self["log-size"], self["log-files"])
+        from gateway.forward.sinks import parse_forwards
+
+        try:
+            self["forwards"] = parse_forwards(self["forward"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def gateway_service(options):
+    """
+    The gateway these (checked) options describe; C{twistd trackport} and
+    C{trackport serve} both build it here.
+    """
+    from gateway.service import GatewayService
+
+    return GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
+                          reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                          devices=options["devices"], claim_window=options["claim-window"],
+                          forwards=options["forwards"])
 
 
 def makeService(options):
-    from gateway.service import GatewayService
-
-    service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
-                             devices=options["devices"], claim_window=options["claim-window"])
+    service = gateway_service(options)
     try:
         service.prepare()
     except Exception as e:
