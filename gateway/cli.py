@@ -80,6 +80,7 @@ def cmd_serve(args) -> int:
             "--idle-timeout", str(args.idle_timeout)]
     argv += ["--db", args.db] if args.db else []
     argv += ["--reuse-port"] if args.reuse_port else []
+    argv += ["--http", args.http] if args.http else []
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
@@ -87,7 +88,8 @@ def cmd_serve(args) -> int:
         return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                             http=options["http"])
     service.prepare()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -199,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
                    help="SO_REUSEPORT: several gateway processes share the port")
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the HTTP API, live feed and /metrics (host default 127.0.0.1)")
     db(p)
     p.set_defaults(run=cmd_serve)
 
@@ -241,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     db(p)
     p.set_defaults(run=cmd_configure)
+
+    from gateway.http.tokens import register
+    register(sub, db)
     return top
 
 

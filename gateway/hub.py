@@ -39,6 +39,14 @@ class Hub:
         self._settings = settings if settings is not None else {}
         self.sessions: Dict[str, object] = {}
         self.commands = None
+        #: Callables C{(event, session)} told when a device comes online
+        #: (C{"online"}) or its session closes (C{"offline"}).
+        self.watchers = []
+        #: Per device id, callables C{(direction, data, session)} that see its
+        #: raw traffic (C{"in"}/C{"out"}), for field debugging.
+        self.taps: Dict[str, list] = {}
+        #: The L{gateway.http.metrics.Metrics} when metrics are served.
+        self.metrics = None
         self.errors = []
         self.keep_errors = False
         self._unknown_second = None
@@ -64,7 +72,27 @@ class Hub:
         """
         Hand records to the store; the L{Deferred} fires once they committed.
         """
+        if self.metrics is not None:
+            self.metrics.records(session.protocol, len(records))
         return self.store_.submit(device_id, session.protocol, session.peer, records)
+
+    def tap(self, session, direction: str, data: bytes) -> None:
+        """
+        Show C{data} to whoever watches C{session}'s device (see L{taps}).
+        """
+        for watcher in self.taps.get(session.device_id, ()):
+            watcher(direction, data, session)
+
+    def acked(self, session, seconds: float) -> None:
+        """
+        An ack left, C{seconds} after its frame arrived.
+        """
+        if self.metrics is not None:
+            self.metrics.acked(session.protocol, seconds)
+
+    def _tell(self, event: str, session) -> None:
+        for watcher in self.watchers:
+            watcher(event, session)
 
     def unknown(self, session, data: bytes) -> None:
         second = int(self.clock.seconds())
@@ -77,6 +105,8 @@ class Hub:
             self._unknown_dropped += 1
             return
         self._unknown_count += 1
+        if self.metrics is not None:
+            self.metrics.unknown()
         self.error(session, f"no decoder recognises the data: {hexdump(data)}")
         self.store_.unknown(session.transport, session.peer, data)
 
@@ -86,8 +116,11 @@ class Hub:
         self.sessions[session.device_id] = session
         if self.commands is not None:
             self.commands.device_online(session)
+        self._tell("online", session)
 
     def frame_done(self, session, device_id: Optional[str]) -> None:
+        if self.metrics is not None:
+            self.metrics.frame(session.protocol)
         if device_id is None:
             return
         self.store_.touch(device_id, session.protocol, session.transport, session.peer)
@@ -98,6 +131,7 @@ class Hub:
                 self.sessions[device_id] = session
                 if self.commands is not None:
                     self.commands.device_online(session)
+                self._tell("online", session)
             elif self.commands is not None:
                 self.commands.device_active(session)
 
@@ -119,6 +153,7 @@ class Hub:
                  protocol=session.protocol, device_id=session.device_id)
         if session.device_id is not None and self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
+            self._tell("offline", session)
 
     def error(self, session, text: str, log_it: bool = True) -> None:
         if log_it:

@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0001"
+REVISION = "0005"
 
 metadata = MetaData()
 
@@ -84,4 +84,12 @@ unknown_frames = Table(
     Column("peer", String(128), nullable=False),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_at", Time, nullable=False),
 )

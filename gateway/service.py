@@ -134,8 +134,9 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0):
+                 idle_timeout: float = 3600.0, http=None):
         super().__init__()
+        self.http = http
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -169,9 +170,13 @@ class GatewayService(MultiService):
         else:
             TCPServer(self.port, factory, interface=self.interface, backlog=1024).setServiceParent(self)
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
+        if self.http is not None:
+            from gateway.http.service import HttpService
+            HttpService(self.hub, engine, self.store, self.commands, self.reactor, *self.http).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
-                        f" database: {engine.url.render_as_string(hide_password=True)}")
+                        f" database: {engine.url.render_as_string(hide_password=True)}"
+                        + (f", http: {self.http[0]}:{self.http[1]}" if self.http else ""))
 
     def startService(self):
         super().startService()

@@ -33,11 +33,12 @@ class _Reply:
     An ack waiting for its records to commit, and for earlier acks to go first.
     """
 
-    __slots__ = ("data", "state")
+    __slots__ = ("data", "state", "received")
 
-    def __init__(self, data: bytes, ready: bool):
+    def __init__(self, data: bytes, ready: bool, received: float):
         self.data = data
         self.state = "ready" if ready else "waiting"
+        self.received = received
 
 
 class Session:
@@ -54,7 +55,7 @@ class Session:
 
     # A gateway holds one per connected device, mostly idle: keep them small.
     __slots__ = ("hub", "transport", "peer", "write", "_close", "decoder", "device_id", "context",
-                 "open", "last_seen", "_buffer", "_replies", "_detect_timer")
+                 "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer")
 
     def __init__(self, hub, transport: str, peer: str,
                  write: Callable[[bytes], None], close: Callable[[], None]):
@@ -68,7 +69,7 @@ class Session:
         self.context = Context(transport=transport, peer=peer,
                                lookup=hub.settings, seconds=hub.clock.seconds)
         self.open = True
-        self.last_seen = hub.clock.seconds()
+        self.opened = self.last_seen = hub.clock.seconds()
         self._buffer = b""
         self._replies: Optional[deque] = None
         self._detect_timer = None
@@ -89,6 +90,8 @@ class Session:
         if not self.open:
             return
         self.last_seen = self.hub.clock.seconds()
+        if self.hub.taps:
+            self.hub.tap(self, "in", data)
         self._buffer += data
         if self.decoder is None:
             if self._detect_timer is None and self._buffer:
@@ -104,6 +107,8 @@ class Session:
         the last one is asked first, but must still claim it.
         """
         self.last_seen = self.hub.clock.seconds()
+        if self.hub.taps:
+            self.hub.tap(self, "in", data)
         decoder = self.decoder
         if decoder is None or not decoder.detect(data, "udp").matched:
             detection = self.hub.detector.detect(data, "udp", final=True)
@@ -227,7 +232,7 @@ class Session:
     # -- replies ----------------------------------------------------------
 
     def _queue_reply(self, stored: Optional[Deferred], data: bytes) -> None:
-        reply = _Reply(data, stored is None)
+        reply = _Reply(data, stored is None, self.last_seen)
         if self._replies is None:
             self._replies = deque()
         self._replies.append(reply)
@@ -252,6 +257,9 @@ class Session:
             reply = replies.popleft()
             if reply.state == "ready" and reply.data and self.open:
                 self.write(reply.data)
+                self.hub.acked(self, self.hub.clock.seconds() - reply.received)
+                if self.hub.taps:
+                    self.hub.tap(self, "out", reply.data)
         if not replies:
             self._replies = None
 

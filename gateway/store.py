@@ -269,6 +269,17 @@ class Store:
         self._seen_flushed = 0.0
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
+        self._commit_listeners: List = []
+        #: Called on the writer thread with the number of records of each
+        #: committed batch (metrics), or L{None}.
+        self.observe_batch = None
+
+    def add_commit_listener(self, listener) -> None:
+        """
+        Call C{listener()} in the reactor thread after each transaction that
+        stored records; readers then query what is new themselves.
+        """
+        self._commit_listeners.append(listener)
 
     # -- reactor side -----------------------------------------------------
 
@@ -411,11 +422,20 @@ class Store:
                 self._finish([item], None)
 
     def _finish(self, items, error) -> None:
+        count = sum(len(i.records) for i in items)
         with self._cond:
-            self._pending -= sum(len(i.records) for i in items)
+            self._pending -= count
         if error is None:
-            self.committed += sum(len(i.records) for i in items)
+            self.committed += count
+            if count and self.observe_batch is not None:
+                self.observe_batch(count)
         self.reactor.callFromThread(self._fire, [i.deferred for i in items], error)
+        if error is None and count and self._commit_listeners:
+            self.reactor.callFromThread(self._committed)
+
+    def _committed(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
 
     @staticmethod
     def _fire(deferreds, error) -> None:

@@ -17,6 +17,8 @@ class Options(usage.Options):
         ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
+        ["http", None, None, "[HOST:]PORT to serve the HTTP API, live feed and /metrics on "
+                             "(host default 127.0.0.1)."],
     ]
 
     def postOptions(self):
@@ -25,12 +27,19 @@ class Options(usage.Options):
         if self["idle-timeout"] < 0:
             raise usage.UsageError("--idle-timeout must be 0 (never) or a number of seconds")
         self["db"] = database_url(self["db"])
+        if self["http"] is not None:
+            from gateway.http.service import http_address
+            try:
+                self["http"] = http_address(self["http"])
+            except ValueError as e:
+                raise usage.UsageError(f"--http: {e}") from None
 
 
 def makeService(options):
     from gateway.service import GatewayService
 
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
+                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
+                             http=options["http"])
     service.prepare()
     return service
