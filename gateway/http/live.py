@@ -96,8 +96,10 @@ class Feed:
             rows = yield threads.deferToThread(queries.positions_after, self.engine, self.cursor, PAGE)
             if rows:
                 self.cursor = rows[-1]["id"]
+                # Serialised once, however many clients there are.
+                batch = _encoded(rows)
                 for client in list(self.clients):
-                    client.records(rows)
+                    client.records(batch)
             if len(rows) < PAGE and not self._again:
                 break
         self._busy = False
@@ -107,8 +109,16 @@ class Feed:
             "device_id": session.device_id, "online": event == "online", "protocol": session.protocol,
             "transport": session.transport, "peer": session.peer,
             "at": isoformat_seconds(self.clock.seconds())}}
+        payload = json.dumps(message).encode("utf-8")
         for client in list(self.clients):
-            client.push(message)
+            client.push(payload)
+
+
+def _encoded(rows):
+    """
+    C{(id, payload)} of each record message.
+    """
+    return [(row["id"], json.dumps({"type": "record", "data": row}).encode("utf-8")) for row in rows]
 
 
 def isoformat_seconds(seconds: float) -> str:
@@ -178,32 +188,34 @@ class LiveProtocol(WebSocketServerProtocol):
             if not page:
                 self.live = True
                 return
-            self._send_records(page)
+            self._send_records(_encoded(page))
 
     def _catch_up_failed(self, failure) -> None:
         log.warn("live feed replay failed: {e}", e=failure.getErrorMessage())
         self.sendClose(1011, "replay failed")
 
-    def records(self, rows) -> None:
+    def records(self, batch) -> None:
         if self.live:
-            self._send_records(rows)
+            self._send_records(batch)
 
-    def _send_records(self, rows) -> None:
-        for row in rows:
-            if row["id"] > self.sent:
-                self.sent = row["id"]
-                self.push({"type": "record", "data": row})
+    def _send_records(self, batch) -> None:
+        for record_id, payload in batch:
+            if record_id > self.sent:
+                self.sent = record_id
+                self.push(payload)
 
     def _raw(self, direction: str, data: bytes, session) -> None:
-        self.push({"type": "raw", "data": {
+        self.push_json({"type": "raw", "data": {
             "device_id": session.device_id, "direction": direction, "transport": session.transport,
             "peer": session.peer, "hex": data[:4096].hex(), "length": len(data),
             "at": isoformat_seconds(self.factory.feed.clock.seconds())}})
 
-    def push(self, message: dict) -> None:
+    def push_json(self, message: dict) -> None:
+        self.push(json.dumps(message).encode("utf-8"))
+
+    def push(self, payload: bytes) -> None:
         if self.state != self.STATE_OPEN:
             return
-        payload = json.dumps(message).encode("utf-8")
         if self.paused:
             if len(self.queue) >= MAX_QUEUED:
                 log.warn("live feed client {peer} does not read: dropped", peer=self.peer)
