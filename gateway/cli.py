@@ -81,6 +81,7 @@ def cmd_serve(args) -> int:
     argv += ["--db", args.db] if args.db else []
     argv += ["--reuse-port"] if args.reuse_port else []
     argv += ["--http", args.http] if args.http else []
+    argv += ["--map-tiles", args.map_tiles] if args.map_tiles is not None else []
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
@@ -89,7 +90,7 @@ def cmd_serve(args) -> int:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
                              reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
-                             http=options["http"])
+                             http=options["http"], map_tiles=options["map-tiles"])
     service.prepare()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
@@ -202,7 +203,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
     p.add_argument("--http", metavar="[HOST:]PORT",
-                   help="serve the HTTP API, live feed and /metrics (host default 127.0.0.1)")
+                   help="serve the HTTP API, live feed, console and /metrics (host default 127.0.0.1)")
+    p.add_argument("--map-tiles", metavar="URL",
+                   help="map tile URL template for the console ('' for none; default OpenStreetMap)")
     db(p)
     p.set_defaults(run=cmd_serve)
 

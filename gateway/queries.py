@@ -111,6 +111,19 @@ def latest_position(engine, device_id: str) -> Optional[dict]:
     return None if row is None else position_json(row)
 
 
+def latest_positions(engine, device_ids) -> dict:
+    """
+    The latest record of each of C{device_ids}, by device id.
+    """
+    if not device_ids:
+        return {}
+    p = schema.positions.c
+    latest = select(func.max(p.id)).where(p.device_id.in_(list(device_ids))).group_by(p.device_id)
+    with engine.connect() as connection:
+        rows = connection.execute(select(schema.positions).where(p.id.in_(latest))).mappings().all()
+    return {r["device_id"]: position_json(r) for r in rows}
+
+
 def last_position_id(engine) -> int:
     with engine.connect() as connection:
         return connection.execute(select(func.max(schema.positions.c.id))).scalar() or 0

@@ -134,9 +134,10 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0, http=None):
+                 idle_timeout: float = 3600.0, http=None, map_tiles: str = ""):
         super().__init__()
         self.http = http
+        self.map_tiles = map_tiles
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -172,7 +173,8 @@ class GatewayService(MultiService):
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         if self.http is not None:
             from gateway.http.service import HttpService
-            HttpService(self.hub, engine, self.store, self.commands, self.reactor, *self.http).setServiceParent(self)
+            HttpService(self.hub, engine, self.store, self.commands, self.reactor, *self.http,
+                        tile_url=self.map_tiles).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
                         f" database: {engine.url.render_as_string(hide_password=True)}"

@@ -90,8 +90,6 @@ class Session:
         if not self.open:
             return
         self.last_seen = self.hub.clock.seconds()
-        if self.hub.taps:
-            self.hub.tap(self, "in", data)
         self._buffer += data
         if self.decoder is None:
             if self._detect_timer is None and self._buffer:
@@ -107,8 +105,6 @@ class Session:
         the last one is asked first, but must still claim it.
         """
         self.last_seen = self.hub.clock.seconds()
-        if self.hub.taps:
-            self.hub.tap(self, "in", data)
         decoder = self.decoder
         if decoder is None or not decoder.detect(data, "udp").matched:
             detection = self.hub.detector.detect(data, "udp", final=True)
@@ -203,6 +199,8 @@ class Session:
         try:
             result = self.decoder.decode(frame, self.context)
         except DecodeError as e:
+            if self.hub.taps:
+                self.hub.tap(self, "in", frame)
             self._error(f"bad frame: {e}", frame)
             return
         except Exception as e:
@@ -212,6 +210,9 @@ class Session:
             return
         if result.device_id and result.device_id != self.device_id:
             self._bind_device(result.device_id)
+        if self.hub.taps:
+            # Frame by frame, once the frame has named its device.
+            self.hub.tap(self, "in", frame)
         device_id = result.device_id or self.device_id
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)

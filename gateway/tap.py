@@ -17,8 +17,10 @@ class Options(usage.Options):
         ["db", "d", None, "Database URL (default: $TRACKPORT_DB, else sqlite:///trackport.db)."],
         ["idle-timeout", None, 3600.0,
          "Seconds of silence after which a TCP connection is dropped (0: never).", float],
-        ["http", None, None, "[HOST:]PORT to serve the HTTP API, live feed and /metrics on "
+        ["http", None, None, "[HOST:]PORT to serve the HTTP API, live feed, console and /metrics on "
                              "(host default 127.0.0.1)."],
+        ["map-tiles", None, "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+         "Map tile URL template for the console ('' for no tiles)."],
     ]
 
     def postOptions(self):
@@ -40,6 +42,6 @@ def makeService(options):
 
     service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
                              reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
-                             http=options["http"])
+                             http=options["http"], map_tiles=options["map-tiles"])
     service.prepare()
     return service

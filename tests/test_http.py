@@ -471,7 +471,7 @@ def test_live_feed_device_events_and_raw_traffic(sqlite_api):
         elif message["type"] == "raw":
             seen[message["data"]["direction"]] = message["data"]
     assert seen["online"]["device_id"] == "raw1" and seen["online"]["transport"] == "tcp"
-    assert bytes.fromhex(seen["in"]["hex"]) == b"TOY,raw1,1,b\n"
+    assert bytes.fromhex(seen["in"]["hex"]) == b"TOY,raw1,1,b"
     assert bytes.fromhex(seen["out"]["hex"]) == b"ACK,raw1\n"
     assert "offline" in seen
     ws.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import os
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -20,6 +21,7 @@ from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select, text, update
 from twisted.internet import defer, threads
+from twisted.web.static import File
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from gateway import queries, schema
@@ -114,7 +116,8 @@ class Api:
 
     app = Klein()
 
-    def __init__(self, hub, engine, metrics, live_resource):
+    def __init__(self, hub, engine, metrics, live_resource, tile_url: str = ""):
+        self.tile_url = tile_url
         self.hub = hub
         self.engine = engine
         self.metrics = metrics
@@ -176,6 +179,22 @@ class Api:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self.metrics.registry)
 
+    # -- the console --------------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def root(self, request):
+        request.redirect(b"/console/")
+        return b""
+
+    @app.route("/console/config.json", methods=["GET"])
+    def console_config(self, request):
+        # No token: the page needs it before anyone has logged in.
+        return _json(request, {"tile_url": self.tile_url})
+
+    @app.route("/console/", branch=True, methods=["GET"])
+    def console(self, request):
+        return _console_files()
+
     # -- documents --------------------------------------------------------
 
     @app.route("/api/openapi.json", methods=["GET"])
@@ -214,6 +233,7 @@ class Api:
         since = _time(request, "seen_since")
         after = _arg(request, "after")
         limit = _int(request, "limit", 100, 1, 1000)
+        with_latest = _bool(request, "latest")
         found, cursor = [], after
         # "online" is known here, not in the database: read pages until this
         # one is full or the table ends.
@@ -229,7 +249,17 @@ class Api:
             if len(found) == limit or len(rows) < limit:
                 break
         nxt = found[-1]["id"] if len(found) == limit else None
+        if with_latest:
+            latest = yield threads.deferToThread(queries.latest_positions, self.engine, [d["id"] for d in found])
+            for device in found:
+                device["latest"] = latest.get(device["id"])
         return _json(request, {"devices": found, "next": nxt})
+
+    @app.route("/api/whoami", methods=["GET"])
+    @defer.inlineCallbacks
+    def whoami(self, request):
+        grant = yield self._authorize(request)
+        return _json(request, {"name": grant.name, "read_only": grant.read_only})
 
     @app.route("/api/devices/<string:device_id>", methods=["GET"])
     @defer.inlineCallbacks
@@ -411,6 +441,14 @@ class Api:
     def stats(self, request):
         yield self._authorize(request)
         return _json(request, self.metrics.snapshot())
+
+
+def _console_files():
+    files = File(os.path.join(os.path.dirname(os.path.abspath(__file__)), "console"))
+    files.indexNames = ["index.html"]
+    files.contentTypes[".js"] = "text/javascript; charset=utf-8"
+    files.contentTypes[".css"] = "text/css; charset=utf-8"
+    return files
 
 
 def _iso(seconds: float) -> str:

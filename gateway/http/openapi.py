@@ -51,6 +51,7 @@ SCHEMAS = {
             "first_seen": _TIME_OR_NULL, "last_seen": _TIME_OR_NULL, "last_peer": _STRING_OR_NULL,
             "settings": {"type": "object", "additionalProperties": {"type": "string"}},
             "online": {"type": "boolean", "description": "a live session in this gateway process"},
+            "latest": {"oneOf": [{"$ref": "#/components/schemas/Record"}, {"type": "null"}]},
         },
     },
     "DeviceDetail": {
@@ -139,12 +140,17 @@ PATHS = {
     "/metrics": {"get": {"summary": "Prometheus metrics (no token)", "security": [],
                          "responses": {"200": {"description": "text format",
                                                "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+    "/api/whoami": {"get": {"summary": "The token's name and rights", "responses": {"200": _json({
+        "type": "object", "required": ["name", "read_only"],
+        "properties": {"name": {"type": "string"}, "read_only": {"type": "boolean"}}}), **_ERRORS}}},
     "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
     "/api/devices": {"get": {
         "summary": "Devices, in id order, a page at a time",
         "parameters": [_param("protocol"), _param("online", schema={"type": "boolean"}),
                        _param("seen_since", schema={"type": "string", "format": "date-time"}),
-                       _param("after", description="the last id of the previous page"), _LIMIT],
+                       _param("after", description="the last id of the previous page"), _LIMIT,
+                       _param("latest", schema={"type": "boolean"},
+                              description="add each device's latest record")],
         "responses": {"200": _json({"type": "object", "required": ["devices", "next"], "properties": {
             "devices": {"type": "array", "items": _ref("Device")}, "next": _STRING_OR_NULL}}), **_ERRORS}}},
     "/api/devices/{device_id}": {"get": {

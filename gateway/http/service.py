@@ -57,7 +57,7 @@ class HttpService(Service):
     Listens for HTTP, keeps the live feed and the command-state gauge fresh.
     """
 
-    def __init__(self, hub, engine, store, commands, reactor, host: str, port: int):
+    def __init__(self, hub, engine, store, commands, reactor, host: str, port: int, tile_url: str = ""):
         self.hub = hub
         self.engine = engine
         self.reactor = reactor
@@ -65,7 +65,7 @@ class HttpService(Service):
         self.metrics = Metrics(hub, store)
         hub.metrics = self.metrics
         self.feed = Feed(engine, store, hub, reactor)
-        self.api = Api(hub, engine, self.metrics, WebSocketResource(live_factory(self.feed)))
+        self.api = Api(hub, engine, self.metrics, WebSocketResource(live_factory(self.feed)), tile_url)
         self._listening = None
         self._states = LoopingCall(self._command_states)
         self._states.clock = reactor
@@ -77,7 +77,8 @@ class HttpService(Service):
         self._listening = self.reactor.listenTCP(self.port, site, interface=self.host)
         self.feed.start().addErrback(lambda f: log.failure("live feed did not start", f))
         self._states.start(5.0)
-        log.info("HTTP API on http://{host}:{port}/api/ (metrics: /metrics)", host=self.host, port=self.port)
+        log.info("HTTP API on http://{host}:{port}/api/, console on /console/, metrics on /metrics",
+                 host=self.host, port=self.port)
 
     def stopService(self):
         super().stopService()
