@@ -19,7 +19,7 @@ from gateway.cliutil import CliError
 
 #: The modules that register subcommands.
 MODULES = ("gateway.cli_run", "gateway.cli_data", "gateway.cli_commands", "gateway.rejected",
-           "gateway.forward.cli")
+           "gateway.forward.cli", "gateway.http.tokens")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ PARAMETERS = {
 }
 
 
-def _check_params(command: str, params: dict) -> None:
+def check_params(command: str, params: dict) -> None:
     allowed = PARAMETERS[command]
     for name in params:
         if name not in allowed:
@@ -47,7 +47,7 @@ def _check_params(command: str, params: dict) -> None:
         raise CliError("set_interval needs --param seconds=N")
 
 
-def _try_encoder(protocol: str, device: str, command: str, params: dict, settings: dict) -> None:
+def try_encoder(protocol: str, device: str, command: str, params: dict, settings: dict) -> None:
     # The device's protocol encodes the command now, as it will at delivery:
     # what it refuses is refused here, before anything is queued.
     from gateway.context import Context
@@ -67,7 +67,7 @@ def _try_encoder(protocol: str, device: str, command: str, params: dict, setting
         raise CliError(f"{protocol} cannot encode this {command}: {e}") from None
 
 
-def _supported(protocol):
+def supported(protocol):
     from gateway.registry import discover, encoder_for
 
     decoder = discover().get(protocol)
@@ -85,7 +85,7 @@ def cmd_send(args) -> int:
     if args.command not in COMMAND_TYPES:
         raise CliError(f"unknown command {args.command!r}; one of: {', '.join(sorted(COMMAND_TYPES))}")
     params = pairs(args.param)
-    _check_params(args.command, params)
+    check_params(args.command, params)
     if args.ttl is not None and not args.ttl > 0:
         raise CliError(f"--ttl must be a number of seconds above 0, not {args.ttl:g}")
     engine = open_db(args)
@@ -100,9 +100,9 @@ def cmd_send(args) -> int:
         print(f"trackport send: warning: device {args.device_id} was never seen; queued anyway",
               file=sys.stderr)
     if device is not None and device.protocol:
-        _try_encoder(device.protocol, args.device_id, args.command, params, dict(device.settings or {}))
+        try_encoder(device.protocol, args.device_id, args.command, params, dict(device.settings or {}))
     try:
-        command_id = enqueue(engine, args.device_id, args.command, params, args.ttl, _supported)
+        command_id = enqueue(engine, args.device_id, args.command, params, args.ttl, supported)
     except ValueError as e:
         raise CliError(str(e)) from None
     print(command_id)

@@ -55,6 +55,8 @@ def cmd_serve(args) -> int:
     argv += ["--reuse-port"] if args.reuse_port else []
     for forward in args.forward or ():
         argv += ["--forward", forward]
+    argv += ["--http", args.http] if args.http else []
+    argv += ["--map-tiles", args.map_tiles] if args.map_tiles is not None else []
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
@@ -90,6 +92,10 @@ def register(sub) -> None:
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
     p.add_argument("--forward", action="append", metavar="NAME=URL",
                    help="forward stored records to a webhook, MQTT or AMQP URL (repeatable)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the HTTP API, live feed, console and /metrics (host default 127.0.0.1)")
+    p.add_argument("--map-tiles", metavar="URL",
+                   help="map tile URL template for the console ('' for none; default OpenStreetMap)")
     p.add_argument("--devices", choices=("any", "known"), default="any",
                    help="known: store and ack only devices added with `trackport devices add`")
     p.add_argument("--claim-window", type=float, default=120.0, metavar="SECONDS",

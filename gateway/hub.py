@@ -53,6 +53,14 @@ class Hub:
         self._settings = settings if settings is not None else {}
         self.sessions: Dict[str, object] = {}
         self.commands = None
+        #: Callables C{(event, session)} told when a device comes online
+        #: (C{"online"}: a session holds it) or goes offline.
+        self.watchers = []
+        #: Per device id, callables C{(direction, data, session)} that see its
+        #: frames and the bytes sent to it (C{"in"}/C{"out"}), for field debugging.
+        self.taps: Dict[str, list] = {}
+        #: The L{gateway.http.metrics.Metrics} when metrics are served.
+        self.metrics = None
         self.errors = []
         self.keep_errors = False
         self._unknown = Budget(clock, UNKNOWN_PER_SECOND, 1.0, lambda n: log.warn(
@@ -78,8 +86,28 @@ class Hub:
         Hand records to the store; the L{Deferred} fires once they committed
         (or, refused by the database, were kept raw with C{frame}).
         """
+        if self.metrics is not None:
+            self.metrics.records(session.protocol, len(records))
         return self.store_.submit(device_id, session.protocol, session.peer, records,
                                   frame=frame, transport=session.transport)
+
+    def tap(self, session, direction: str, data: bytes) -> None:
+        """
+        Show C{data} to whoever watches C{session}'s device (see L{taps}).
+        """
+        for watcher in self.taps.get(session.device_id, ()):
+            watcher(direction, data, session)
+
+    def acked(self, session, seconds: float) -> None:
+        """
+        An ack left, C{seconds} after its frame arrived.
+        """
+        if self.metrics is not None:
+            self.metrics.acked(session.protocol, seconds)
+
+    def _tell(self, event: str, session) -> None:
+        for watcher in self.watchers:
+            watcher(event, session)
 
     def not_an_id(self, session, claimed: str, frame: bytes) -> Deferred:
         """
@@ -96,6 +124,8 @@ class Hub:
         A session or datagram no decoder recognises (or, with C{why}, that
         never said anything): logged and kept within L{UNKNOWN_PER_SECOND}.
         """
+        if self.metrics is not None:
+            self.metrics.unknown()
         if not self._unknown.allow():
             return
         self.error(session, why or f"no decoder recognises the data: {hexdump(data)}")
@@ -126,6 +156,8 @@ class Hub:
         self._claim(session, session.device_id)
 
     def frame_done(self, session, device_id: Optional[str]) -> None:
+        if self.metrics is not None:
+            self.metrics.frame(session.protocol)
         if device_id is None:
             return
         self.store_.touch(device_id, session.protocol, session.transport, session.peer)
@@ -143,6 +175,8 @@ class Hub:
         holder = self.claims.holder(device_id)
         moved = self.sessions.get(device_id) is not holder
         self.sessions[device_id] = holder
+        if moved:
+            self._tell("online", holder)
         if device_id not in self.conflicts:
             pair = self.claims.conflict(device_id)
             if pair is not None:
@@ -181,8 +215,10 @@ class Hub:
         if holder is None:
             if self.sessions.get(device_id) is gone:
                 del self.sessions[device_id]
+                self._tell("offline", gone)
             return
         self.sessions[device_id] = holder
+        self._tell("online", holder)
         if self.commands is not None and not self.stopping:
             self.commands.moved(device_id, gone, holder)
 

@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0004"
+REVISION = "0005"
 
 metadata = MetaData()
 
@@ -142,4 +142,13 @@ forward_sinks = Table(
     Column("delivered_at", Time),
     Column("last_error", Text),
     Column("error_at", Time),
+)
+
+#: HTTP API bearer tokens, as SHA-256 digests (migration 0005).
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_at", Time, nullable=False),
 )

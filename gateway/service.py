@@ -202,8 +202,10 @@ class GatewayService(MultiService):
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
                  idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW,
-                 forwards=None):
+                 forwards=None, http=None, map_tiles: str = ""):
         super().__init__()
+        self.http = http
+        self.map_tiles = map_tiles
         self.devices = devices
         self.claim_window = claim_window
         self.forwards = dict(forwards or {})
@@ -268,10 +270,15 @@ class GatewayService(MultiService):
         else:
             TCPServer(self.port, factory, interface=self.interface, backlog=1024).setServiceParent(self)
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
+        if self.http is not None:
+            from gateway.http.service import HttpService
+            HttpService(self.hub, engine, self.store, self.commands, self.reactor, *self.http,
+                        tile_url=self.map_tiles).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
                         f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}"
-                        f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}")
+                        f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}"
+                        f"{f', http: {self.http[0]}:{self.http[1]}' if self.http else ''}")
 
     def discard_new_database(self) -> None:
         """

@@ -61,11 +61,12 @@ class _Reply:
     An ack waiting for its records to commit, and for earlier acks to go first.
     """
 
-    __slots__ = ("data", "state")
+    __slots__ = ("data", "state", "received")
 
-    def __init__(self, data: bytes, ready: bool):
+    def __init__(self, data: bytes, ready: bool, received: float):
         self.data = data
         self.state = "ready" if ready else "waiting"
+        self.received = received
 
 
 class Session:
@@ -82,7 +83,7 @@ class Session:
 
     # A gateway holds one per connected device, mostly idle: keep them small.
     __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "_pause", "_resume", "decoder",
-                 "device_id", "context", "open", "last_seen", "_buffer", "_replies", "_detect_timer",
+                 "device_id", "context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since")
 
     def __init__(self, hub, transport: str, peer: str,
@@ -109,7 +110,7 @@ class Session:
         self.context = Context(transport=transport, peer=peer,
                                lookup=hub.settings, seconds=hub.clock.seconds)
         self.open = True
-        self.last_seen = hub.clock.seconds()
+        self.opened = self.last_seen = hub.clock.seconds()
         self._buffer = b""
         self._replies: Optional[deque] = None
         self._waiting = 0
@@ -261,6 +262,8 @@ class Session:
         try:
             result = self.decoder.decode(frame, self.context)
         except DecodeError as e:
+            if self.hub.taps:
+                self.hub.tap(self, "in", frame)
             self._error(f"bad frame: {e}", frame)
             return
         except Exception as e:
@@ -277,6 +280,9 @@ class Session:
                 self._queue_reply(self.hub.not_an_id(self, result.device_id, frame), result.reply)
                 return
             self._bind_device(result.device_id)
+        if self.hub.taps:
+            # Frame by frame, once the frame has named its device.
+            self.hub.tap(self, "in", frame)
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:
@@ -296,7 +302,7 @@ class Session:
     # -- replies ----------------------------------------------------------
 
     def _queue_reply(self, stored: Optional[Deferred], data: bytes, records: int = 0) -> None:
-        reply = _Reply(data, stored is None)
+        reply = _Reply(data, stored is None, self.last_seen)
         if self._replies is None:
             self._replies = deque()
         self._replies.append(reply)
@@ -326,6 +332,9 @@ class Session:
             reply = replies.popleft()
             if reply.state == "ready" and reply.data and self.open:
                 self.write(reply.data)
+                self.hub.acked(self, self.hub.clock.seconds() - reply.received)
+                if self.hub.taps:
+                    self.hub.tap(self, "out", reply.data)
         if not replies:
             self._replies = None
         if self._held and not self._busy():

@@ -479,6 +479,9 @@ class Store:
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
         self._commit_listeners: List = []
+        #: Called on the writer thread with the number of records of each
+        #: committed batch (metrics), or L{None}.
+        self.observe_batch = None
 
     # -- reactor side -----------------------------------------------------
 
@@ -731,6 +734,8 @@ class Store:
             self._pending -= count
         if error is None:
             self.committed += count
+            if count and self.observe_batch is not None:
+                self.observe_batch(count)
         self.reactor.callFromThread(self._fire, [i.deferred for i in items], error)
 
     def _finish_rejections(self, rejections, error) -> None:

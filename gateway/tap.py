@@ -24,6 +24,10 @@ class Options(usage.Options):
         ["log-files", None, 10, "Rotated log files kept.", int],
         ["devices", None, "any",
          "any: store every device; known: only devices added with `trackport devices add`."],
+        ["http", None, None, "[HOST:]PORT to serve the HTTP API, live feed, console and /metrics on "
+                             "(host default 127.0.0.1)."],
+        ["map-tiles", None, "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+         "Map tile URL template for the console ('' for no tiles)."],
         ["claim-window", None, 120.0,
          "Seconds a frame naming a device counts as a claim on it (identity conflicts).", float],
     ]
@@ -54,6 +58,12 @@ class Options(usage.Options):
             check_url(self["db"])
         except (BadDatabaseURL, ConfigError) as e:
             raise usage.UsageError(str(e)) from None
+        if self["http"] is not None:
+            from gateway.http.service import http_address
+            try:
+                self["http"] = http_address(self["http"])
+            except ValueError as e:
+                raise usage.UsageError(f"--http: {e}") from None
         if self["log-size"] < 1 or self["log-files"] < 1:
             raise usage.UsageError("--log-size and --log-files must be at least 1")
         from gateway.logfile import install
@@ -77,7 +87,7 @@ def gateway_service(options):
     return GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
                           reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
                           devices=options["devices"], claim_window=options["claim-window"],
-                          forwards=options["forwards"])
+                          forwards=options["forwards"], http=options["http"], map_tiles=options["map-tiles"])
 
 
 def makeService(options):
