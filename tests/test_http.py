@@ -328,6 +328,8 @@ def test_command_reaches_a_connected_device_sent_through_the_api(sqlite_api):
     s = socket.create_connection(("127.0.0.1", c.g.port), timeout=20)
     s.sendall(b"PING,relay1\n")
     assert s.recv(100) == b"PING,relay1\n"
+    # Its row is written with the next last-seen batch (within a second).
+    assert wait_until(lambda: c.get("/api/devices/relay1")[0] == 200)
     status, command = c.post("/api/commands", {"device_id": "relay1", "type": "engine_stop"})
     assert status == 201
     assert s.recv(100) == f"RELAY,1,{command['id']}\n".encode()
