@@ -71,8 +71,7 @@ def cmd_serve(args) -> int:
 
     from twisted.python import usage
 
-    from gateway.service import GatewayService
-    from gateway.tap import Options
+    from gateway.tap import Options, makeService
 
     # The same options and checks as `twistd trackport`, so the two never drift.
     options = Options()
@@ -80,15 +79,15 @@ def cmd_serve(args) -> int:
             "--idle-timeout", str(args.idle_timeout)]
     argv += ["--db", args.db] if args.db else []
     argv += ["--reuse-port"] if args.reuse_port else []
+    argv += ["--proxy-protocol"] if args.proxy_protocol else []
+    argv += ["--workers", str(args.workers)]
     try:
         options.parseOptions(argv)
     except usage.UsageError as e:
         print(f"trackport serve: {e}", file=sys.stderr)
         return 2
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    service = GatewayService(port=options["port"], interface=options["interface"], db=options["db"],
-                             reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"])
-    service.prepare()
+    service = makeService(options)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
@@ -197,6 +196,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default="")
     p.add_argument("--reuse-port", action="store_true",
                    help="SO_REUSEPORT: several gateway processes share the port")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="TCP comes through a balancer sending PROXY headers (v1/v2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway processes sharing the port under this one (default 1)")
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
     db(p)

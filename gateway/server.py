@@ -34,15 +34,24 @@ class StreamProtocol(Protocol):
     """
 
     session = None
+    #: Behind a PROXY-protocol balancer: the device's address is known only
+    #: once the header has been read, just before the first bytes arrive.
+    proxied = False
 
     def connectionMade(self):
         peer = _peer(self.transport.getPeer())
-        log.info("session tcp {peer} opened", peer=peer)
+        if not self.proxied:
+            log.info("session tcp {peer} opened", peer=peer)
         self.session = Session(self.factory.hub, "tcp", peer,
                                self.transport.write, self.transport.loseConnection)
         self.factory.live.add(self)
 
     def dataReceived(self, data):
+        if self.proxied:
+            self.proxied = False
+            peer = _peer(self.transport.getPeer())
+            log.info("session tcp {peer} opened (via {balancer})", peer=peer, balancer=self.session.peer)
+            self.session.peer = self.session.context.peer = peer
         self.session.data_received(data)
 
     def connectionLost(self, reason):
@@ -99,9 +108,10 @@ class StreamFactory(Factory):
     protocol = StreamProtocol
     noisy = False
 
-    def __init__(self, hub, idle: float = 3600.0):
+    def __init__(self, hub, idle: float = 3600.0, proxy_protocol: bool = False):
         self.hub = hub
         self.live = set()
+        self.proxy_protocol = proxy_protocol
         self._sweeper = _Sweeper(hub.clock, idle, self._sessions, self._end)
 
     def _sessions(self):
@@ -111,6 +121,11 @@ class StreamFactory(Factory):
         log.info("session tcp {peer} silent for {idle:.0f} s, closing", peer=session.peer,
                  idle=self._sweeper.idle)
         protocol.abort()
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.proxied = self.proxy_protocol
+        return protocol
 
     def startFactory(self):
         self._sweeper.start()
