@@ -43,7 +43,7 @@ def cmd_serve(args) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
     from twisted.python import usage
 
-    from gateway.tap import Options, gateway_service
+    from gateway.tap import Options, gateway_service, workers_service
 
     # The same options and checks as `twistd trackport`, so the two never drift.
     options = Options()
@@ -53,6 +53,8 @@ def cmd_serve(args) -> int:
     argv += ["--db", args.db] if args.db else []
     argv += ["--config", args.config] if args.config else []
     argv += ["--reuse-port"] if args.reuse_port else []
+    argv += ["--proxy-protocol"] if args.proxy_protocol else []
+    argv += ["--workers", str(args.workers)]
     for forward in args.forward or ():
         argv += ["--forward", forward]
     argv += ["--http", args.http] if args.http else []
@@ -61,15 +63,23 @@ def cmd_serve(args) -> int:
         options.parseOptions(argv)
     except usage.UsageError as e:
         raise CliError(str(e)) from None
-    service = gateway_service(options)
-    try:
-        service.prepare()
+    if options["workers"] > 1:
+        try:
+            service = workers_service(options)
+        except Exception as e:
+            raise CliError(f"cannot start: {_first_line(e)}", 1) from None
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
         service.startService()
-    except Exception as e:
-        # A start that fails leaves no empty database behind.
-        service.discard_new_database()
-        raise CliError(f"cannot start: {_first_line(e)}", 1) from None
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    else:
+        service = gateway_service(options)
+        try:
+            service.prepare()
+            service.startService()
+        except Exception as e:
+            # A start that fails leaves no empty database behind.
+            service.discard_new_database()
+            raise CliError(f"cannot start: {_first_line(e)}", 1) from None
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return 0
@@ -88,6 +98,10 @@ def register(sub) -> None:
     p.add_argument("--interface", default="")
     p.add_argument("--reuse-port", action="store_true",
                    help="SO_REUSEPORT: several gateway processes share the port")
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="TCP comes through a balancer sending PROXY headers (v1/v2)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway processes sharing the port under this one (default 1)")
     p.add_argument("--idle-timeout", type=float, default=3600.0, metavar="SECONDS",
                    help="drop a TCP connection silent for this long (0: never; default 3600)")
     p.add_argument("--forward", action="append", metavar="NAME=URL",

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
-from twisted.application.internet import TCPServer, UDPServer
+from twisted.application.internet import StreamServerEndpointService, TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.logger import Logger
 
 from gateway.hub import Hub
@@ -158,7 +160,8 @@ class SharedPort(Service):
     (and UDP peers, by address) across them.
     """
 
-    def __init__(self, reactor, port: int, interface: str, factory, datagram):
+    def __init__(self, reactor, port: int, interface: str, factory, datagram, proxy_protocol: bool = False):
+        self.proxy_protocol = proxy_protocol
         self.reactor = reactor
         self.port = port
         self.interface = interface
@@ -179,8 +182,13 @@ class SharedPort(Service):
         super().startService()
         family, tcp = self._socket(socket.SOCK_STREAM)
         tcp.listen(1024)
-        self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family, self.factory))
-        tcp.close()
+        if self.proxy_protocol:
+            # The endpoint adopts the descriptor and closes it itself.
+            endpoint = proxyEndpoint(AdoptedStreamServerEndpoint(self.reactor, tcp.detach(), family))
+            endpoint.listen(self.factory).addCallback(self._ports.append)
+        else:
+            self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family, self.factory))
+            tcp.close()
         family, udp = self._socket(socket.SOCK_DGRAM)
         self._ports.append(self.reactor.adoptDatagramPort(udp.fileno(), family, self.datagram))
         udp.close()
@@ -202,8 +210,9 @@ class GatewayService(MultiService):
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
                  idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW,
-                 forwards=None, http=None, map_tiles: str = ""):
+                 forwards=None, http=None, map_tiles: str = "", proxy_protocol: bool = False):
         super().__init__()
+        self.proxy_protocol = proxy_protocol
         self.http = http
         self.map_tiles = map_tiles
         self.devices = devices
@@ -264,9 +273,18 @@ class GatewayService(MultiService):
             from gateway.forward.outbox import Forwarder
 
             Forwarder(self.forwards, self.db, self.reactor, self.store).setServiceParent(self)
-        factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
+        factory = StreamFactory(self.hub, self.idle_timeout, proxy_protocol=self.proxy_protocol)
+        datagram = DatagramEndpoint(self.hub)
         if self.reuse_port:
-            SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)
+            SharedPort(self.reactor, self.port, self.interface, factory, datagram,
+                       self.proxy_protocol).setServiceParent(self)
+        elif self.proxy_protocol:
+            # Twisted's PROXY v1/v2 parser in front of the factory: a
+            # connection that does not open with a valid header is refused.
+            kind = TCP6ServerEndpoint if ":" in self.interface else TCP4ServerEndpoint
+            endpoint = proxyEndpoint(kind(self.reactor, self.port, backlog=1024, interface=self.interface))
+            StreamServerEndpointService(endpoint, factory).setServiceParent(self)
+            UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         else:
             TCPServer(self.port, factory, interface=self.interface, backlog=1024).setServiceParent(self)
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
