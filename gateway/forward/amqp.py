@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ClientCreator
 from zope.interface import implementer
 
-from gateway.forward.sinks import ISink, expand
+from gateway.forward.sinks import ISink, expand, target
 
 
 def key_safe(text: str) -> str:
@@ -38,13 +38,7 @@ class AmqpSink:
     timeout = 30.0
 
     def __init__(self, name: str, url: str, reactor=None):
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise ValueError(f"sink {name}: {url!r} names no host")
-        try:
-            self.port = parts.port or 5672
-        except ValueError as e:
-            raise ValueError(f"sink {name}: {e}") from None
+        parts, self.port = target(name, url, 5672)
         query = parse_qs(parts.query)
         self.exchange = unquote(parts.path[1:])
         self.routing_key = query.get("routing_key", ["{device_id}"])[-1]

@@ -20,7 +20,7 @@ from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from gateway.forward.sinks import ISink, expand
+from gateway.forward.sinks import ISink, expand, target
 
 _connections = itertools.count(1)
 
@@ -134,13 +134,7 @@ class MqttSink:
     timeout = 30.0
 
     def __init__(self, name: str, url: str, reactor=None):
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise ValueError(f"sink {name}: {url!r} names no host")
-        try:
-            self.port = parts.port or 1883
-        except ValueError as e:
-            raise ValueError(f"sink {name}: {e}") from None
+        parts, self.port = target(name, url, 1883)
         self.topic = unquote(parts.path[1:]) or "trackport/{device_id}"
         if "+" in self.topic or "#" in self.topic:
             raise ValueError(f"sink {name}: a topic to publish to has no wildcards ({self.topic!r})")

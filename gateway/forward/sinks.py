@@ -77,6 +77,22 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def target(name: str, url: str, default_port: Optional[int] = None):
+    """
+    C{url} split, with its port (C{default_port} when it names none).
+
+    @raise ValueError: naming the sink, when the URL has no host or a bad port.
+    """
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"sink {name}: {url!r} names no host")
+    try:
+        port = parts.port or default_port
+    except ValueError as e:
+        raise ValueError(f"sink {name}: {e}") from None
+    return parts, port
+
+
 def make_sink(name: str, url: str, reactor=None) -> ISink:
     """
     The sink C{url} describes; L{ValueError} says what is wrong with it.

@@ -23,7 +23,7 @@ from twisted.web.client import (
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from gateway.forward.sinks import ISink
+from gateway.forward.sinks import ISink, target
 
 
 class TargetRefused(Exception):
@@ -52,13 +52,7 @@ class WebhookSink:
     timeout = 30.0
 
     def __init__(self, name: str, url: str, reactor=None):
-        parts = urlsplit(url)
-        if not parts.hostname:
-            raise ValueError(f"sink {name}: {url!r} names no host")
-        try:
-            parts.port
-        except ValueError as e:
-            raise ValueError(f"sink {name}: {e}") from None
+        parts, _ = target(name, url)
         if parts.scheme == "https":
             from importlib.util import find_spec
 
