@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Gateway, free_port
+from tests.conftest import Gateway, free_port
 from tests.harness import frame_of
 
 playwright = pytest.importorskip("playwright.sync_api")

@@ -14,7 +14,7 @@ a durable topic exchange; the default exchange is the empty path.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from twisted.internet import defer
 from twisted.internet.protocol import ClientCreator

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from twisted.internet import defer, threads
 from twisted.internet.defer import Deferred

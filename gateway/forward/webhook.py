@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from io import BytesIO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlunsplit
 
 from twisted.internet import defer
 from twisted.web.client import (
