@@ -78,7 +78,7 @@ def rss_kb(pid: int) -> int:
 
 class Server:
     def __init__(self, kind: str, db: str | None, workdir: str, port: int | None = None,
-                 shared: bool = False):
+                 shared: bool = False, args=()):
         self.kind, self.db, self.port = kind, db, port or free_port()
         self.log = open(os.path.join(workdir, f"{kind}-{self.port}-{uuid.uuid4().hex[:6]}.log"), "wb")
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -87,7 +87,7 @@ class Server:
             ready = "bare server ready"
         else:
             argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "trackport", "--port", str(self.port),
-                    "--interface", "127.0.0.1", "--db", db] + (["--reuse-port"] if shared else [])
+                    "--interface", "127.0.0.1", "--db", db] + (["--reuse-port"] if shared else []) + list(args)
             ready = "trackport ready on"
         self.proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=_raise_nofile)

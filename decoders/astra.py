@@ -27,6 +27,7 @@ from gateway.encoding import custom_command_bytes
 from gateway.fields import bit, gps_time
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
+from gateway.settings import choice, pattern
 
 ACK = b"\x06"
 
@@ -51,6 +52,8 @@ _LINE_HEAD_PART = re.compile(rb"\$[A-Z]{0,5}\Z")
 _REPLY_PART = re.compile(rb"\$([A-Z]{4})(?:,([^\r\n$]*))?\Z")
 #: A command's mnemonic, which its reply repeats.
 _MNEMONIC = re.compile(rb"\$([A-Z]{4})")
+#: What C{custom} may send: one command, or printable text naming none.
+_ONE_COMMAND = re.compile(rb"(?:\$PASS,[A-Za-z0-9]{1,16})?\$[A-Z]{4}(?:,[ -#%-~]*)?|[ -#%-~]+")
 # What a command-reply line must look like for detection to claim it on its own
 # (UDP, where each datagram is detected afresh): only ",OK"/",UN" answers.
 _REPLY_LINE = re.compile(rb"(?:\$[A-Z]{4},(?:OK|UN)\r)*\$[A-Z]{4},(?:OK|UN)\r?\n\Z")
@@ -450,6 +453,11 @@ class AstraProtocol:
     transports = frozenset({"tcp", "udp"})
     commands = frozenset({"engine_stop", "engine_resume", "position_request", "reboot",
                           "set_interval", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "astra.pin": pattern(r"[A-Za-z0-9]{1,16}", "1-16 letters and digits"),
+        "astra.variant": choice("X", "Z"),
+    }
 
     # -- detection ---------------------------------------------------------
 
@@ -721,8 +729,11 @@ class AstraProtocol:
             return self._interval(params, context)
         if kind == "custom":
             data = custom_command_bytes(params)
-            if not data:
-                raise EncodeError("custom command is empty")
+            if not _ONE_COMMAND.fullmatch(data):
+                # Commands may be concatenated in one message: a custom one
+                # must be exactly one (after the PIN, if any).
+                raise EncodeError("custom must be one command, $XXXX[,parameters] (optionally after"
+                                  " $PASS,<pin>), printable ASCII with no other $ inside")
             return _command(data)
         raise EncodeError(f"astra does not support {kind!r}")
 

@@ -35,6 +35,7 @@ from gateway.encoding import custom_command_bytes
 from gateway.fields import bit, optional_number, unix_time, utc
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import ALARMS, Confirmation, DecodeResult, EncodedCommand, Position, isoformat
+from gateway.settings import choice, integer, pattern
 
 KEEPALIVE = b"\xfe\x02"
 KEEPALIVE_SIZE = 12
@@ -600,6 +601,19 @@ class ATrackProtocol:
     transports = frozenset({"tcp", "udp"})
     commands = frozenset(
         {"engine_stop", "engine_resume", "position_request", "reboot", "set_interval", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "atrack.format": pattern(r"(?:%[A-Z][A-Z0-9]{1,3})+", "AT$FORM tokens such as %SA%MV%CE"),
+        "atrack.fms_format": pattern(r"(?:%[A-Z][A-Z0-9]{1,3})+", "AT$FMSC tokens such as %JO5%JH1"),
+        "atrack.time_format": choice("0", "1"),
+        "atrack.cell_id_size": choice("2", "4"),
+        "atrack.alarm_map": pattern(
+            r"\d{1,3}[:=](?:%s)(?:,\d{1,3}[:=](?:%s))*" % (("|".join(sorted(ALARMS)),) * 2),
+            "report id:alarm pairs such as 101:sos,102:power_cut"),
+        "atrack.relay_output": integer(0, 99),
+        "atrack.relay_active": choice("0", "1"),
+        "atrack.password": pattern(r"[A-Za-z0-9]{1,16}", "1-16 letters and digits"),
+    }
 
     # -- detection --------------------------------------------------------
 
@@ -908,19 +922,23 @@ class ATrackProtocol:
     def _line(context, name: str, values: str) -> EncodedCommand:
         password = context.setting("atrack.password")
         if password:
+            if not (password.isascii() and password.isalnum()):
+                # A line end in it would put a second command in this one.
+                raise EncodeError("atrack.password must be letters and digits")
             values = f"{password},{values}"
         return EncodedCommand(f"AT${name}={values}\r\n".encode("ascii"))
 
     @staticmethod
     def _custom(params) -> EncodedCommand:
-        if "hex" in params:
-            data = custom_command_bytes(params)
-            if not data:
-                raise EncodeError("custom hex is empty")
-            return EncodedCommand(data)
-        text = str(params.get("text", "")).rstrip("\r\n")
-        if not text or not text.isascii() or "\r" in text or "\n" in text:
-            raise EncodeError("custom text must be one non-empty ASCII command line")
+        # Exactly one command line: text or hex, ending (or not) with CR LF,
+        # with no other line end inside that would start a second command.
+        data = custom_command_bytes(params)
+        if data.endswith(b"\r\n"):
+            data = data[:-2]
+        if not data or not all(0x20 <= b < 0x7F for b in data):
+            raise EncodeError("custom must be one non-empty line of printable ASCII (no CR, LF or"
+                              " other control bytes inside)")
+        text = data.decode("ascii")
         tag = _COMMAND_TAG.match(text)
         # A tagged command (AT$CMD+TAG=...) is answered with the same tag.
         return EncodedCommand((text + "\r\n").encode("ascii"), token=tag.group(1) if tag else None)

@@ -37,6 +37,7 @@ from gateway.fields import (bit, check_coordinates, ddmmyy_hhmmss, hemisphere, k
                             nmea_degrees, optional_float, utc)
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
+from gateway.settings import flag, integer, pattern
 
 #: Largest message accepted; a full-mask binary report is 143 bytes, ASCII
 #: reports are 100-150 bytes.
@@ -194,6 +195,9 @@ class _EnforaApi:
             text = command.params.get("text")
             if not text:
                 raise EncodeError("custom needs a text parameter (an AT command)")
+            if not all(" " <= c <= "~" for c in text) or ";" in text:
+                # CR, LF or ';' would put a second AT command in the message.
+                raise EncodeError("custom must be one AT command: printable ASCII, no CR, LF or ';'")
         elif command.type in self.commands:
             text = self._at_text(command.type, context)
         else:
@@ -356,6 +360,12 @@ class SkypatrolProtocol(_EnforaApi):
 
     name = "skypatrol"
     commands = frozenset({"engine_stop", "engine_resume", "position_request", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "skypatrol.mask": pattern(r"[0-9A-Fa-f]{1,8}", "a hex mask of at most 8 digits"),
+        "skypatrol.udp_ack": flag(),
+        "skypatrol.immobilizer_event": integer(0, 999),
+    }
 
     def detect(self, head, transport):
         message = _leading_message(head, transport, smallest=8)
@@ -489,6 +499,11 @@ class EnforaProtocol(_EnforaApi):
 
     name = "enfora"
     commands = frozenset({"engine_stop", "engine_resume", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "enfora.udp_ack": flag(),
+        "enfora.gpio": integer(0, 99),
+    }
 
     def detect(self, head, transport):
         message = _leading_message(head, transport, smallest=6)

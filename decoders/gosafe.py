@@ -29,6 +29,7 @@ from gateway.fields import (bit, bits, check_coordinates, ddmmyy_hhmmss, hemisph
                             optional_int, utc)
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
+from gateway.settings import choice, integer
 
 #: Sent back for every frame, text or binary, as the reference recommends.
 REPLY = b"1234"
@@ -664,6 +665,11 @@ class GoSafeProtocol:
     name = "gosafe"
     transports = frozenset({"tcp", "udp"})
     commands = frozenset({"engine_stop", "engine_resume", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "gosafe.output": integer(0, 99),
+        "gosafe.stop_level": choice("0", "1"),
+    }
 
     def detect(self, head, transport):
         if not head:
@@ -765,10 +771,16 @@ class GoSafeProtocol:
         raise EncodeError(f"gosafe has no documented {command.type} command; use custom")
 
 
+#: One text command frame, as C{custom} may send it: no second C{*}, C{#} or
+#: record separator C{$} inside.
+_ONE_FRAME = re.compile(rb"\*GS[0-9]{2},[ -\"%-)+-~]*#")
+
+
 def _custom(params) -> bytes:
     data = custom_command_bytes(params)
-    if not data and "hex" not in params:
-        raise EncodeError("custom needs a text or hex parameter")
+    if not _ONE_FRAME.fullmatch(data):
+        raise EncodeError("custom must be one frame *GSvv,...# of printable ASCII, with no other"
+                          " *, # or $ inside")
     return data
 
 

@@ -25,6 +25,7 @@ from gateway.encoding import custom_command_bytes
 from gateway.fields import check_coordinates, hemisphere, utc
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
+from gateway.settings import choice, pattern
 
 #: Longest body accepted; Traccar caps at 1024, the longest real frame is 450 bytes.
 MAX_FRAME = 2048
@@ -306,12 +307,22 @@ def _interval(seconds: int) -> str:
                       "255 min or whole hours up to 90 h")
 
 
+#: One command as C{custom} may send it.
+_ONE_CUSTOM = re.compile(rb":[0-9]{6}[ -\"$-~]+#")
+
+
 @implementer(IPlugin, IDecoder, ICommandEncoder)
 class GotopProtocol:
     name = "gotop"
     transports = frozenset({"tcp", "udp"})
     commands = frozenset({"engine_stop", "engine_resume", "position_request",
                           "set_interval", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "gotop.password": pattern(r"[0-9]{6}", "6 digits"),
+        "gotop.relay_polarity": choice("normal", "inverted"),
+        "gotop.utc_offset": pattern(r"[+-](?:0?[0-9]|1[0-4])(?::[0-5][0-9])?", "an offset such as +08 or -05:30"),
+    }
 
     # -- detection and framing ------------------------------------------
 
@@ -450,9 +461,11 @@ class GotopProtocol:
             raise EncodeError("custom needs one of text=... or hex=...")
         data = custom_command_bytes(params)
         if "text" in params and not data.startswith(b":"):
-            if b"#" in data:
-                raise EncodeError("custom text must not hold '#' (it ends a command)")
-            data = f":{password}{params['text']}#".encode("ascii")
+            data = b":" + password.encode("ascii") + data + b"#"
+        if not _ONE_CUSTOM.fullmatch(data):
+            # A '#' inside would end this command and start another.
+            raise EncodeError("custom must be one command: :<6-digit password><command># or the"
+                              " command alone, printable ASCII without '#' inside")
         m = _COMMAND.fullmatch(data.decode("latin-1"))
         token = _command_code(m.group(2)) if m else None
         # Something that is not a command gets no answer from the device.

@@ -25,6 +25,7 @@ from gateway.fields import (bcd, bit, ddmmyy_hhmmss, hemisphere, knots_to_kmh, n
 from gateway.interfaces import (DecodeError, EncodeError, ICommandEncoder, IDecoder,
                                 Outcome, Verdict)
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
+from gateway.settings import choice, flag
 
 # -- grammar -----------------------------------------------------------------
 
@@ -252,6 +253,12 @@ class H02Protocol:
     name = "h02"
     transports = frozenset({"tcp", "udp"})
     commands = frozenset({"engine_stop", "engine_resume", "set_interval", "custom"})
+    #: Per-device settings (gateway.settings); values reach the bytes sent.
+    settings_spec = {
+        "h02.ignition": choice("low", "high", "none"),
+        "h02.time_sync": flag("1", "0"),
+        "h02.interval_command": choice("S71", "D1"),
+    }
 
     # -- detection ---------------------------------------------------------
 
@@ -559,7 +566,12 @@ class H02Protocol:
 
 
 #: Command codes of V4 replies that name the command type.
-_CONFIRMED_TYPES = {"S71": "set_interval", "D1": "set_interval"}
+#: The command types a V4 reply to each command word answers.
+_CONFIRMED_TYPES = {"S71": "set_interval", "D1": "set_interval",
+                    "S20": ("engine_stop", "engine_resume")}
+#: One command as C{custom} may send it: a frame, or SinoTrack SMS syntax.
+_ONE_FRAME = re.compile(rb"\*[A-Za-z]{2},[ -\"$-)+-~]*#")
+_ONE_SMS = re.compile(rb"[ -\"$-)+-~]+")
 
 
 def _int(text: str) -> Optional[int]:
@@ -649,8 +661,10 @@ def _custom(params) -> EncodedCommand:
     or SinoTrack SMS-syntax commands such as C{CXZT}, answered by an SMS frame.
     """
     data = custom_command_bytes(params)
-    if not data:
-        raise EncodeError("custom command is empty")
+    if not (_ONE_FRAME.fullmatch(data) or _ONE_SMS.fullmatch(data)):
+        # A second '*' or '#' would start another command.
+        raise EncodeError("custom must be one command: *XX,...# or SMS-syntax text, printable"
+                          " ASCII with no other * or # inside")
     # An H02 command carries a time token the V4 reply echoes.
     match = re.match(rb"\*[A-Za-z]{2},[^,]*,[^,]+,([0-9]{6})[,#]", data)
     return EncodedCommand(data=data, token=match.group(1).decode("ascii") if match else None)

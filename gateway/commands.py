@@ -5,12 +5,17 @@ device's live session, matched with the device's confirmation.
 
 Life cycle: C{queued} -> C{sent} -> C{confirmed} | C{failed} | C{expired};
 a queued command may also end C{expired}, C{failed} (no encoder, encoder
-refused) or C{cancelled} (an C{engine_resume} supersedes a queued
-C{engine_stop}). Every transition is timestamped.
+refused) or C{cancelled} (by the operator, or an C{engine_resume} superseding
+it), or wait (C{waiting}, the reason in C{error}) while the device's identity
+is in doubt (L{gateway.identity}). Every transition is timestamped and writes
+a C{command_events} row in the same transaction.
 
 A command is claimed (C{queued} -> C{sent}, one atomic UPDATE) before its bytes
 are written, so two gateway processes, or one process delivering on two paths,
-never send it twice.
+never send it twice. It records the session it was written on: only a reply on
+that session confirms it. Two commands of one device waiting for a reply never
+share a matching token: the second waits until the first is answered (or
+expires), and is encoded again then.
 """
 
 from __future__ import annotations
@@ -18,20 +23,21 @@ from __future__ import annotations
 import select
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Dict, Mapping, Optional
+from typing import Mapping, Optional
 
-from sqlalchemy import and_, func, or_, select as sql_select, update
+from sqlalchemy import and_, or_, select as sql_select, update
 from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gateway import schema
-from gateway.hexdump import hexdump
+from gateway.hexdump import hexdump, printable
 from gateway.interfaces import EncodeError
 from gateway.model import COMMAND_TYPES, Command
+from gateway.ordering import serialize_ids
 from gateway.registry import encoder_for
-from gateway.store import utc
+from gateway.store import insert_ignoring, utc
 
 log = Logger()
 
@@ -40,18 +46,51 @@ CHANNEL = "trackport_commands"
 
 #: Seconds a command may wait for delivery (and its confirmation) by default.
 #: An engine stop that could not be delivered in ten minutes must not cut an
-#: engine hours later, when the vehicle may be on a motorway.
+#: engine hours later, when the vehicle may be on a motorway; a custom command
+#: may be an engine stop (the gateway does not guess), so it gets the same.
 DEFAULT_TTL = {
     "engine_stop": 600,
     "engine_resume": 86400,
+    "custom": 600,
 }
 OTHER_TTL = 3600
 
-STATUSES = ("queued", "sent", "confirmed", "failed", "expired", "cancelled")
+#: What an C{engine_resume} cancels while still queued or waiting: whatever
+#: could stop the engine after it.
+STOPPING = ("engine_stop", "custom")
+
+#: Seconds a command waiting for its reply holds back the next command with
+#: the same matching token: a device that never answers must not block its
+#: queue until the command expires.
+REPLY_WAIT = 60
+
+STATUSES = ("queued", "waiting", "sent", "confirmed", "failed", "expired", "cancelled")
+#: Not yet written to any session.
+UNSENT = ("queued", "waiting")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def transition(connection, where, status: str, detail: Optional[str] = None,
+               at: Optional[datetime] = None, **values):
+    """
+    Move the commands matching C{where} to C{status} and record one
+    C{command_events} row per command moved, in the caller's transaction.
+    Returns the moved rows (C{id}, C{device_id}, C{type}).
+    """
+    serialize_ids(connection)
+    c = schema.commands.c
+    at = at or _now()
+    rows = connection.execute(
+        update(schema.commands).where(*where).values(status=status, **values)
+        .returning(c.id, c.device_id, c.type)).all()
+    if rows:
+        connection.execute(schema.command_events.insert(), [
+            {"command_id": r.id, "device_id": r.device_id, "type": r.type, "status": status,
+             "at": at, "detail": detail} for r in rows])
+    return rows
 
 
 def enqueue(engine, device_id: str, type_: str, params: Mapping[str, str],
@@ -70,11 +109,15 @@ def enqueue(engine, device_id: str, type_: str, params: Mapping[str, str],
         raise ValueError("custom needs --param text=... or --param hex=...")
     if type_ == "set_interval" and "seconds" not in params:
         raise ValueError("set_interval needs --param seconds=N")
+    if ttl is not None and not ttl > 0:
+        raise ValueError(f"--ttl must be a positive number of seconds, not {ttl}")
     now = _now()
     ttl = DEFAULT_TTL.get(type_, OTHER_TTL) if ttl is None else ttl
     row = {"device_id": device_id, "type": type_, "params": dict(params), "status": "queued",
            "created_at": now, "expires_at": now + timedelta(seconds=ttl)}
+    c = schema.commands.c
     with engine.begin() as connection:
+        serialize_ids(connection)
         protocol = connection.execute(
             sql_select(schema.devices.c.protocol).where(schema.devices.c.id == device_id)
         ).scalar_one_or_none()
@@ -85,23 +128,45 @@ def enqueue(engine, device_id: str, type_: str, params: Mapping[str, str],
                            error=f"protocol {protocol} has no encoder for {type_}"
                            + ("" if types is None else f" (it supports: {', '.join(sorted(types)) or 'none'})"))
         command_id = connection.execute(schema.commands.insert().values(**row)).inserted_primary_key[0]
+        connection.execute(schema.command_events.insert().values(
+            command_id=command_id, device_id=device_id, type=type_, status=row["status"], at=now,
+            detail=row.get("error")))
         if type_ == "engine_resume" and row["status"] == "queued":
-            connection.execute(
-                update(schema.commands)
-                .where(schema.commands.c.device_id == device_id,
-                       schema.commands.c.type == "engine_stop",
-                       schema.commands.c.status == "queued")
-                .values(status="cancelled", finished_at=now,
-                        error=f"cancelled by engine_resume #{command_id}"))
+            reason = f"cancelled by engine_resume #{command_id}"
+            transition(connection, (c.device_id == device_id, c.type.in_(STOPPING),
+                                    c.status.in_(UNSENT), c.id != command_id),
+                       "cancelled", reason, now, finished_at=now, error=reason)
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"NOTIFY {CHANNEL}")
     return command_id
 
 
-def list_commands(engine, device_id: Optional[str] = None, limit: int = 1000):
+def cancel(engine, command_id: int) -> Optional[str]:
+    """
+    Cancel a command not yet sent. Returns L{None} when it was cancelled, else
+    why not.
+    """
+    c = schema.commands.c
+    now = _now()
+    with engine.begin() as connection:
+        moved = transition(connection, (c.id == command_id, c.status.in_(UNSENT)), "cancelled",
+                           "cancelled by the operator", now, finished_at=now,
+                           error="cancelled by the operator")
+        if moved:
+            return None
+        status = connection.execute(sql_select(c.status).where(c.id == command_id)).scalar_one_or_none()
+    if status is None:
+        return f"no command {command_id}"
+    return f"command {command_id} is {status}: only a queued or waiting command can be cancelled"
+
+
+def list_commands(engine, device_id: Optional[str] = None, limit: int = 1000,
+                  status: Optional[str] = None):
     query = sql_select(schema.commands).order_by(schema.commands.c.id.desc()).limit(limit)
     if device_id:
         query = query.where(schema.commands.c.device_id == device_id)
+    if status:
+        query = query.where(schema.commands.c.status == status)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     return [command_json(r) for r in reversed(rows)]
@@ -118,7 +183,7 @@ def command_json(row) -> dict:
         "sent_at": isoformat(utc(row["sent_at"])),
         "confirmed_at": isoformat(utc(row["confirmed_at"])),
         "finished_at": isoformat(utc(row["finished_at"])),
-        "reply": row["reply"], "error": row["error"],
+        "reply": row["reply"], "error": row["error"], "session": row["session"],
         "data_hex": row["data"].hex() if row["data"] else None,
     }
 
@@ -127,10 +192,13 @@ class CommandQueue(Service):
     """
     Delivers queued commands to devices connected to this process.
 
-    New commands are noticed by a cheap poll every C{interval} seconds (the
-    highest command id seen so far), and at once on PostgreSQL through
-    LISTEN/NOTIFY; queued commands of a device are delivered when it connects
-    and identifies itself, and for UDP devices after each datagram.
+    Every C{interval} seconds (and at once on PostgreSQL, through
+    LISTEN/NOTIFY) it reads which devices have commands not yet sent: a
+    query of the current state, not a cursor, so a command whose transaction
+    commits late is never skipped. Queued commands of a device are also
+    delivered when it identifies itself and after each of its frames.
+
+    @ivar pending: ids of devices with commands queued or waiting.
     """
 
     def __init__(self, hub, engine, reactor, interval: float = 1.0):
@@ -138,8 +206,7 @@ class CommandQueue(Service):
         self.engine = engine
         self.reactor = reactor
         self.interval = interval
-        self.waiting: set = set()
-        self.last_id = 0
+        self.pending: set = set()
         self._busy: set = set()
         self._again: set = set()
         self._loop = LoopingCall(self.poll)
@@ -152,12 +219,7 @@ class CommandQueue(Service):
 
     def startService(self):
         super().startService()
-        with self.engine.connect() as connection:
-            self.last_id = connection.execute(
-                sql_select(func.coalesce(func.max(schema.commands.c.id), 0))).scalar_one()
-            self.waiting = set(connection.execute(
-                sql_select(schema.commands.c.device_id).distinct()
-                .where(schema.commands.c.status == "queued")).scalars())
+        self.pending = self._pending_devices()
         self._loop.start(self.interval, now=False)
         if self.engine.dialect.name == "postgresql":
             self._listener = threading.Thread(target=self._listen, name="trackport-listen", daemon=True)
@@ -168,6 +230,9 @@ class CommandQueue(Service):
         if self._loop.running:
             self._loop.stop()
         self._stop_listening.set()
+        # The conflicts this process saw end with its sessions.
+        return defer.DeferredList([threads.deferToThread(self._set_conflict, device_id, None)
+                                   for device_id in list(self.hub.conflicts)], consumeErrors=True)
 
     def _listen(self) -> None:
         # LISTEN on a dedicated connection; each NOTIFY wakes the poll at once.
@@ -193,60 +258,90 @@ class CommandQueue(Service):
 
     # -- what the hub calls -----------------------------------------------
 
-    def device_online(self, session) -> None:
-        if session.device_id in self.waiting:
-            self.deliver(session.device_id)
+    def device_online(self, device_id: str) -> None:
+        if device_id in self.pending:
+            self.deliver(device_id)
 
-    def device_active(self, session) -> None:
-        if session.device_id in self.waiting:
-            self.deliver(session.device_id)
+    device_active = device_online
 
-    def confirmed(self, device_id: str, confirmations) -> None:
+    def confirmed(self, session, device_id: str, confirmations) -> None:
         for confirmation in confirmations:
-            d = threads.deferToThread(self._confirm, device_id, confirmation)
+            d = threads.deferToThread(self._confirm, session.key, device_id, confirmation)
             d.addErrback(lambda f: log.failure("recording a command reply failed", f))
+
+    def conflict(self, device_id: str, text: Optional[str]) -> None:
+        """
+        Record (or clear, with C{text} L{None}) an identity conflict on the
+        device's row, and show its commands' new state.
+        """
+        d = threads.deferToThread(self._set_conflict, device_id, text)
+        d.addErrback(lambda f: log.failure("recording an identity conflict failed", f))
+        d.addCallback(lambda _: self.deliver(device_id) if device_id in self.pending else None)
+
+    def moved(self, device_id: str, gone, holder) -> None:
+        """
+        The session holding C{device_id} closed (or speaks for another device):
+        its commands sent but unanswered go again, on C{holder}.
+        """
+        detail = (f"moved: session {gone.transport} {gone.peer} closed before a reply;"
+                  f" to {holder.transport} {holder.peer}")
+        d = threads.deferToThread(self._requeue, gone.key, detail)
+
+        def done(count):
+            if count:
+                log.info("{count} unanswered commands of {device_id} moved to {peer}",
+                         count=count, device_id=printable(device_id), peer=holder.peer)
+                self.pending.add(device_id)
+            if device_id in self.pending:
+                self.deliver(device_id)
+
+        d.addCallback(done)
+        d.addErrback(lambda f: log.failure("moving commands of {device_id} failed", f,
+                                           device_id=printable(device_id)))
 
     # -- polling ----------------------------------------------------------
 
     @defer.inlineCallbacks
     def poll(self):
         """
-        Expire overdue commands and pick up commands queued since the last poll.
+        Expire overdue commands and deliver those of connected devices.
         """
+        self.hub.review()
         if self._polling:
             return
         self._polling = True
         try:
-            rows = yield threads.deferToThread(self._poll_db, self.last_id)
+            yield threads.deferToThread(self._expire)
+            self.pending = yield threads.deferToThread(self._pending_devices)
         except Exception as e:
             log.warn("command poll failed: {e}", e=e)
             return
         finally:
             self._polling = False
-        for command_id, device_id in rows:
-            self.last_id = max(self.last_id, command_id)
-            self.waiting.add(device_id)
-            if device_id in self.hub.sessions:
+        for device_id in self.pending:
+            if self.hub.sessions.get(device_id) is not None:
                 self.deliver(device_id)
 
-    def _poll_db(self, last_id: int):
+    def _expire(self) -> None:
         now = _now()
         c = schema.commands.c
         with self.engine.begin() as connection:
-            connection.execute(
-                update(schema.commands)
-                .where(c.expires_at < now,
-                       or_(c.status == "queued", and_(c.status == "sent", c.finished_at.is_(None))))
-                .values(status="expired", finished_at=now))
-            return [tuple(r) for r in connection.execute(
-                sql_select(c.id, c.device_id).where(c.id > last_id, c.status == "queued")
-                .order_by(c.id))]
+            transition(connection, (c.expires_at < now, or_(
+                c.status.in_(UNSENT), and_(c.status == "sent", c.finished_at.is_(None)))),
+                "expired", "its TTL passed", now, finished_at=now)
+
+    def _pending_devices(self) -> set:
+        c = schema.commands.c
+        with self.engine.connect() as connection:
+            return set(connection.execute(
+                sql_select(c.device_id).distinct().where(c.status.in_(UNSENT))).scalars())
 
     # -- delivery ---------------------------------------------------------
 
     def deliver(self, device_id: str) -> None:
         """
-        Send the device's queued commands, oldest first, on its live session.
+        Send the device's queued commands, oldest first, on the session that
+        holds it, unless its identity is in doubt.
         """
         if device_id in self._busy:
             self._again.add(device_id)
@@ -261,19 +356,25 @@ class CommandQueue(Service):
                 self.deliver(device_id)
 
         d.addErrback(lambda f: log.failure("delivering commands to {device_id} failed", f,
-                                           device_id=device_id))
+                                           device_id=printable(device_id)))
         d.addBoth(done)
 
     @defer.inlineCallbacks
     def _deliver(self, device_id: str):
         rows = yield threads.deferToThread(self._queued, device_id)
         if not rows:
-            self.waiting.discard(device_id)
+            self.pending.discard(device_id)
             return
         for row in rows:
-            session = self.hub.sessions.get(device_id)
+            route = self.hub.claims.route(device_id)
+            session = route.session
             if session is None or not session.open:
                 return
+            reason = route.reason(row["type"])
+            if reason is not None:
+                if row["status"] != "waiting" or row["error"] != reason:
+                    yield threads.deferToThread(self._hold, row["id"], reason)
+                continue
             command = Command(row["id"], device_id, row["type"], row["params"] or {})
             encoder = encoder_for(session.decoder)
             if encoder is None:
@@ -294,88 +395,125 @@ class CommandQueue(Service):
                             id=command.id)
                 yield self._fail(command, f"encoder failed: {e!r}")
                 continue
-            claimed = yield threads.deferToThread(self._claim, command.id, encoded)
+            claimed = yield threads.deferToThread(self._claim, command, encoded, session)
             if not claimed:
-                continue
+                # Its token is in flight (or another process took it): the
+                # rest keeps its order and goes with it on a later poll.
+                return
             if session.send(encoded.data):
                 log.info("command {id} {type} sent to {device_id} on {transport} {peer}: {hex}",
-                         id=command.id, type=command.type, device_id=device_id,
+                         id=command.id, type=command.type, device_id=printable(device_id),
                          transport=session.transport, peer=session.peer, hex=hexdump(encoded.data))
             else:
                 yield threads.deferToThread(self._unclaim, command.id)
                 return
-        remaining = yield threads.deferToThread(self._queued, device_id)
-        if not remaining:
-            self.waiting.discard(device_id)
 
     def _queued(self, device_id: str):
         c = schema.commands.c
         with self.engine.connect() as connection:
             return connection.execute(
                 sql_select(schema.commands)
-                .where(c.device_id == device_id, c.status == "queued", c.expires_at >= _now())
+                .where(c.device_id == device_id, c.status.in_(UNSENT), c.expires_at >= _now())
                 .order_by(c.id)).mappings().all()
 
-    def _claim(self, command_id: int, encoded) -> bool:
+    def _hold(self, command_id: int, reason: str) -> None:
+        c = schema.commands.c
+        with self.engine.begin() as connection:
+            transition(connection, (c.id == command_id, c.status.in_(UNSENT)), "waiting", reason,
+                       error=reason)
+
+    def _claim(self, command: Command, encoded, session) -> bool:
         now = _now()
         c = schema.commands.c
-        values = {"status": "sent", "sent_at": now, "data": encoded.data, "token": encoded.token}
+        values = {"sent_at": now, "data": encoded.data, "token": encoded.token,
+                  "session": session.key, "error": None}
         if not encoded.expects_reply:
             values["finished_at"] = now
         with self.engine.begin() as connection:
-            result = connection.execute(
-                update(schema.commands)
-                .where(c.id == command_id, c.status == "queued", c.expires_at >= now)
-                .values(**values))
-            return result.rowcount == 1
+            serialize_ids(connection)
+            if encoded.expects_reply:
+                # A reply is matched by its token (or, with none, by being the
+                # oldest unanswered): two commands in flight with one token
+                # could each take the other's reply. Try again next poll.
+                same = c.token.is_(None) if encoded.token is None else c.token == encoded.token
+                busy = connection.execute(sql_select(c.id).where(
+                    c.device_id == command.device_id, c.status == "sent", c.finished_at.is_(None),
+                    c.expires_at >= now, c.sent_at >= now - timedelta(seconds=REPLY_WAIT),
+                    same).limit(1)).scalar_one_or_none()
+                if busy is not None:
+                    return False
+            return bool(transition(
+                connection, (c.id == command.id, c.status.in_(UNSENT), c.expires_at >= now),
+                "sent", f"on {session.transport} {session.peer}", now, **values))
 
     def _unclaim(self, command_id: int) -> None:
         c = schema.commands.c
         with self.engine.begin() as connection:
-            connection.execute(
-                update(schema.commands).where(c.id == command_id, c.status == "sent")
-                .values(status="queued", sent_at=None, data=None, token=None, finished_at=None))
+            transition(connection, (c.id == command_id, c.status == "sent"), "queued",
+                       "the session closed before the bytes were written",
+                       sent_at=None, data=None, token=None, finished_at=None, session=None)
+
+    def _requeue(self, session_key: str, detail: str) -> int:
+        c = schema.commands.c
+        now = _now()
+        with self.engine.begin() as connection:
+            return len(transition(
+                connection, (c.session == session_key, c.status == "sent", c.finished_at.is_(None),
+                             c.expires_at >= now),
+                "queued", detail, now, sent_at=None, data=None, token=None, session=None))
 
     @defer.inlineCallbacks
     def _fail(self, command: Command, reason: str):
         log.warn("command {id} {type} for {device_id} failed: {reason}", id=command.id,
-                 type=command.type, device_id=command.device_id, reason=reason)
+                 type=command.type, device_id=printable(command.device_id), reason=reason)
         c = schema.commands.c
 
         def write():
+            now = _now()
             with self.engine.begin() as connection:
-                connection.execute(
-                    update(schema.commands).where(c.id == command.id, c.status == "queued")
-                    .values(status="failed", finished_at=_now(), error=reason))
+                transition(connection, (c.id == command.id, c.status.in_(UNSENT)), "failed", reason,
+                           now, finished_at=now, error=reason)
 
         yield threads.deferToThread(write)
 
-    def _confirm(self, device_id: str, confirmation) -> Optional[int]:
+    def _set_conflict(self, device_id: str, text: Optional[str]) -> None:
+        d = schema.devices.c
+        with self.engine.begin() as connection:
+            if text is not None:
+                connection.execute(insert_ignoring(schema.devices, connection.dialect.name, ("id",)),
+                                   [{"id": device_id, "settings": {}}])
+            connection.execute(update(schema.devices).where(d.id == device_id).values(
+                conflict=text, conflict_at=_now() if text is not None else None))
+
+    def _confirm(self, session_key: str, device_id: str, confirmation) -> Optional[int]:
         c = schema.commands.c
         now = _now()
         query = (sql_select(c.id).where(
-            c.device_id == device_id, c.sent_at.is_not(None), c.confirmed_at.is_(None),
+            c.device_id == device_id, c.session == session_key, c.sent_at.is_not(None),
+            c.confirmed_at.is_(None),
             or_(and_(c.status == "sent", c.finished_at.is_(None)), c.status == "expired"))
             .order_by(c.sent_at, c.id).limit(1))
         if confirmation.token is not None:
             query = query.where(c.token == confirmation.token)
-        if confirmation.command_type is not None:
+        kinds = confirmation.command_type
+        if kinds is not None:
             # A custom command may be the very same protocol command typed by
             # hand: a typed reply can answer it too.
-            query = query.where(c.type.in_([confirmation.command_type, "custom"]))
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            query = query.where(c.type.in_(kinds + ["custom"]))
+        status = "confirmed" if confirmation.success else "failed"
         with self.engine.begin() as connection:
+            serialize_ids(connection)
             command_id = connection.execute(query).scalar_one_or_none()
             if command_id is None:
                 self.reactor.callFromThread(
-                    log.warn, "reply from {device_id} matches no sent command: {reply!r}",
-                    device_id=device_id, reply=confirmation.reply)
+                    log.warn, "reply from {device_id} matches no command sent on its session: {reply}",
+                    device_id=printable(device_id), reply=printable(confirmation.reply))
                 return None
-            status = "confirmed" if confirmation.success else "failed"
-            connection.execute(
-                update(schema.commands).where(c.id == command_id)
-                .values(status=status, confirmed_at=now, finished_at=now, reply=confirmation.reply,
-                        error=None if confirmation.success else "device reported an error"))
+            transition(connection, (c.id == command_id,), status, printable(confirmation.reply), now,
+                       confirmed_at=now, finished_at=now, reply=confirmation.reply,
+                       error=None if confirmation.success else "device reported an error")
         self.reactor.callFromThread(
-            log.info, "command {id} {status} by {device_id}: {reply!r}", id=command_id,
-            status=status, device_id=device_id, reply=confirmation.reply)
+            log.info, "command {id} {status} by {device_id}: {reply}", id=command_id,
+            status=status, device_id=printable(device_id), reply=printable(confirmation.reply))
         return command_id

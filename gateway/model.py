@@ -148,7 +148,8 @@ class Confirmation:
     @ivar success: C{False} when the device refused or reported an error.
     @ivar reply: the device's reply, as text, kept with the command.
     @ivar command_type: the command type the reply is about, when the reply
-        says; narrows the match.
+        says, or a tuple of the types it may answer (an H02 C{S20} reply
+        answers a stop or a resume); narrows the match.
     """
 
     token: Optional[str] = None

@@ -33,26 +33,28 @@ def rejected(engine, limit: int = 100):
     } for row in reversed(rows)]
 
 
-def add_parser(sub, db) -> None:
+def register(sub) -> None:
     """
     Add the C{rejected} command to C{trackport}'s subcommands.
     """
+    from gateway.cliutil import add_db, positive
+
     p = sub.add_parser("rejected", help="frames and rows kept raw instead of stored, with the reason")
-    db(p)
-    p.add_argument("--limit", type=int, default=100)
+    add_db(p)
+    p.add_argument("--limit", type=positive, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from gateway.cli import _engine, _print
+    from gateway.cliutil import open_db, output
 
-    rows = rejected(_engine(args), args.limit)
+    rows = rejected(open_db(args), args.limit)
     if not args.json:
         # Stored text is storable, not harmless on a terminal: escape it.
         rows = [{k: (printable(v, 120) if isinstance(v, str) and k != "hex" else v) for k, v in row.items()}
                 for row in rows]
         for row in rows:
             row["hex"] = row["hex"][:64] + ("..." if len(row["hex"]) > 64 else "")
-    _print(rows, args, COLUMNS)
+    output(rows, args, COLUMNS)
     return 0

@@ -13,7 +13,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0002"
+REVISION = "0005"
 
 metadata = MetaData()
 
@@ -33,6 +33,14 @@ devices = Table(
     Column("last_peer", String(128)),
     Column("settings", Json, nullable=False, default=dict),
     Column("settings_changed", Time, index=True),
+    # Commit-ordered settings version (see gateway.ordering): what settings
+    # sync reads by cursor.
+    Column("settings_seq", BigInteger, index=True),
+    # Added by an operator (trackport devices add): what --devices known admits.
+    Column("known", Boolean),
+    # Two peers claiming this id at once (gateway.identity), as text; NULL when none.
+    Column("conflict", Text),
+    Column("conflict_at", Time),
 )
 
 positions = Table(
@@ -72,6 +80,8 @@ commands = Table(
     Column("data", LargeBinary),
     Column("reply", Text),
     Column("error", Text),
+    # The session the command was written on: only a reply there confirms it.
+    Column("session", String(160)),
     Index("ix_commands_device_status", "device_id", "status"),
     Index("ix_commands_status", "status"),
 )
@@ -84,6 +94,19 @@ unknown_frames = Table(
     Column("peer", String(128), nullable=False),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+    Column("reason", Text),
+)
+
+command_events = Table(
+    "command_events", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("command_id", Integer, nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("at", Time, nullable=False),
+    Column("detail", Text),
+    Index("ix_command_events_command", "command_id"),
 )
 
 #: What the database refused, or what named no valid device, kept raw with the
@@ -102,4 +125,30 @@ rejected_records = Table(
     Column("detail", Text),
     Column("length", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
+)
+
+#: One row per forwarding sink: its cursors (the last position and command
+#: event the target confirmed), who delivers it (SQLite's lease), and how it
+#: fares. See L{gateway.forward}.
+forward_sinks = Table(
+    "forward_sinks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("position_id", BigInteger, nullable=False),
+    Column("event_id", BigInteger, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("holder", String(128)),
+    Column("lease_until", Time),
+    Column("delivered_at", Time),
+    Column("last_error", Text),
+    Column("error_at", Time),
+)
+
+#: HTTP API bearer tokens, as SHA-256 digests (migration 0005).
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("read_only", Boolean, nullable=False),
+    Column("created_at", Time, nullable=False),
 )

@@ -56,18 +56,36 @@ class StreamProtocol(Protocol):
     """
 
     session = None
+    #: Behind a PROXY-protocol balancer (C{--proxy-protocol}): the device's
+    #: address is known only once the header has been read, just before the
+    #: first bytes arrive.
+    proxied = False
+
+    @property
+    def tcp(self):
+        """
+        The TCP transport: behind the PROXY parser, the one under Twisted's
+        wrapper (flow control, aborts and the socket are its).
+        """
+        return self.transport.transport if self.factory.proxy_protocol else self.transport
 
     def connectionMade(self):
         # No line per connection here: a connection flood must not become a
         # log flood. The session logs once its protocol is known.
-        transport = self.transport
+        transport, tcp = self.transport, self.tcp
+        self.proxied = self.factory.proxy_protocol
         self.session = Session(self.factory.hub, "tcp", _peer(transport.getPeer()),
                                transport.write, transport.loseConnection,
-                               pause=transport.pauseProducing, resume=transport.resumeProducing)
+                               pause=tcp.pauseProducing, resume=tcp.resumeProducing)
         self.factory.opened(self)
 
     def dataReceived(self, data):
         session = self.session
+        if self.proxied:
+            self.proxied = False
+            peer = _peer(self.transport.getPeer())
+            log.info("session tcp {peer} opened (via {balancer})", peer=peer, balancer=session.peer)
+            session.peer = session.context.peer = peer
         session.data_received(data)
         if session.decoder is not None:
             self.factory.detected(self)
@@ -81,7 +99,7 @@ class StreamProtocol(Protocol):
     def abort(self) -> None:
         # A silent peer is most often a dead one (a vehicle that lost power, a
         # NAT that forgot the mapping): nothing would flush a graceful close.
-        self.transport.abortConnection()
+        self.tcp.abortConnection()
 
     def talking(self) -> bool:
         """
@@ -89,7 +107,7 @@ class StreamProtocol(Protocol):
         device's first frame may wait in the kernel while it is the oldest
         undetected connection).
         """
-        sock = getattr(self.transport, "socket", None)
+        sock = getattr(self.tcp, "socket", None)
         try:
             return sock is not None and bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except OSError:
@@ -100,7 +118,7 @@ class StreamProtocol(Protocol):
         # descriptor is wanted for the connection being accepted (one accept
         # loop may take hundreds).
         self.abort()
-        lost = getattr(self.transport, "connectionLost", None)
+        lost = getattr(self.tcp, "connectionLost", None)
         if lost is not None:
             lost(Failure(ConnectionAborted()))
 
@@ -151,8 +169,10 @@ class StreamFactory(Factory):
     protocol = StreamProtocol
     noisy = False
 
-    def __init__(self, hub, idle: float = 3600.0, limit: Optional[int] = None):
+    def __init__(self, hub, idle: float = 3600.0, limit: Optional[int] = None,
+                 proxy_protocol: bool = False):
         self.hub = hub
+        self.proxy_protocol = proxy_protocol
         self.live = set()
         self.undetected: Dict[StreamProtocol, None] = {}
         self.limit = limit
@@ -161,7 +181,7 @@ class StreamFactory(Factory):
             "{n} more connections shed at the file descriptor limit", n=n))
 
     def opened(self, protocol) -> None:
-        port = getattr(protocol.transport, "server", None)
+        port = getattr(protocol.tcp, "server", None)
         if getattr(port, "numberAccepts", 0) > ACCEPTS_PER_TURN:
             # Twisted accepts ever more connections per reactor turn while
             # they keep coming; in a connection flood that starves the

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.test_e2e,tests.test_cli -*-
 """
 The gateway as a L{twisted.application.service} tree: the store, the command
 queue, and TCP + UDP listeners on one port.
@@ -6,33 +6,52 @@ queue, and TCP + UDP listeners on one port.
 
 from __future__ import annotations
 
+import os
 import socket
-from datetime import datetime
-
-from twisted.application.internet import TCPServer, UDPServer
+from twisted.application.internet import StreamServerEndpointService, TCPServer, UDPServer
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, threads
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.logger import Logger
 
 from gateway.hub import Hub
+from gateway.identity import WINDOW
 from gateway.registry import discover
 from gateway.server import DatagramEndpoint, StreamFactory
-from gateway.store import STATEMENT_TIMEOUT, Store, engine_for, load_settings, migrate, outage
+from gateway.store import (STATEMENT_TIMEOUT, Store, engine_for, load_settings, migrate, misconfigured,
+                           outage, settings_after)
 
 log = Logger()
 
 
+def _sqlite_files(url: str):
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return []
+    return [parsed.database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+
+
 class SettingsSync(Service):
     """
-    Picks up per-device settings changed by C{trackport configure} (or by
-    another gateway process) every few seconds.
+    Picks up per-device settings and known flags changed by C{trackport
+    configure} / C{trackport devices add} (or by another gateway process)
+    every few seconds.
+
+    Changes are read by their settings version (C{devices.settings_seq}),
+    which commits in the order it is drawn (L{gateway.ordering}): a cursor on
+    it cannot skip a change whose transaction commits late, as a comparison of
+    clocks could.
     """
 
     def __init__(self, hub: Hub, engine, interval: float = 2.0):
         self.hub = hub
         self.engine = engine
-        self.since = None
+        self.after = 0
         self.failing = False
         self._loop = LoopingCall(self._poll)
         self._loop.clock = hub.clock
@@ -43,16 +62,25 @@ class SettingsSync(Service):
 
     def read_all(self) -> dict:
         """
-        Every device's settings (any thread).
+        Every device's settings and known flag (any thread).
         """
-        since = datetime.now().astimezone()
         with self.engine.connect() as connection:
-            return {"settings": load_settings(connection), "since": since}
+            changed, after = settings_after(connection, 0)
+            return {"settings": load_settings(connection), "changed": changed, "after": after}
 
     def apply(self, loaded: dict) -> None:
         for device_id, settings in loaded["settings"].items():
             self.hub.set_settings(device_id, settings)
-        self.since = loaded["since"]
+        self.after = loaded["after"]
+        self._apply(loaded["changed"])
+
+    def _apply(self, changed) -> None:
+        for device_id, (settings, known) in changed.items():
+            self.hub.set_settings(device_id, settings)
+            if known:
+                self.hub.known.add(device_id)
+            else:
+                self.hub.known.discard(device_id)
 
     def startService(self):
         super().startService()
@@ -65,15 +93,14 @@ class SettingsSync(Service):
 
     @defer.inlineCallbacks
     def _poll(self):
-        since = self.since
-        stamp = datetime.now().astimezone()
+        after = self.after
 
         def read():
             with self.engine.connect() as connection:
-                return load_settings(connection, since)
+                return settings_after(connection, after)
 
         try:
-            changed = yield threads.deferToThread(read)
+            changed, last = yield threads.deferToThread(read)
         except Exception as e:
             if not self.failing:
                 # Once per outage: the store says the database is down.
@@ -81,9 +108,8 @@ class SettingsSync(Service):
             self.failing = True
             return
         self.failing = False
-        self.since = stamp
-        for device_id, settings in changed.items():
-            self.hub.set_settings(device_id, settings)
+        self.after = max(self.after, last)
+        self._apply(changed)
 
 
 class StoreService(Service):
@@ -134,7 +160,8 @@ class SharedPort(Service):
     (and UDP peers, by address) across them.
     """
 
-    def __init__(self, reactor, port: int, interface: str, factory, datagram):
+    def __init__(self, reactor, port: int, interface: str, factory, datagram, proxy_protocol: bool = False):
+        self.proxy_protocol = proxy_protocol
         self.reactor = reactor
         self.port = port
         self.interface = interface
@@ -155,8 +182,13 @@ class SharedPort(Service):
         super().startService()
         family, tcp = self._socket(socket.SOCK_STREAM)
         tcp.listen(1024)
-        self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family, self.factory))
-        tcp.close()
+        if self.proxy_protocol:
+            # The endpoint adopts the descriptor and closes it itself.
+            endpoint = proxyEndpoint(AdoptedStreamServerEndpoint(self.reactor, tcp.detach(), family))
+            endpoint.listen(self.factory).addCallback(self._ports.append)
+        else:
+            self._ports.append(self.reactor.adoptStreamPort(tcp.fileno(), family, self.factory))
+            tcp.close()
         family, udp = self._socket(socket.SOCK_DGRAM)
         self._ports.append(self.reactor.adoptDatagramPort(udp.fileno(), family, self.datagram))
         udp.close()
@@ -177,8 +209,15 @@ class GatewayService(MultiService):
 
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
-                 idle_timeout: float = 3600.0):
+                 idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW,
+                 forwards=None, http=None, map_tiles: str = "", proxy_protocol: bool = False):
         super().__init__()
+        self.proxy_protocol = proxy_protocol
+        self.http = http
+        self.map_tiles = map_tiles
+        self.devices = devices
+        self.claim_window = claim_window
+        self.forwards = dict(forwards or {})
         self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         if reactor is None:
@@ -195,9 +234,11 @@ class GatewayService(MultiService):
         from gateway.commands import CommandQueue
 
         decoders = self.decoders if self.decoders is not None else discover()
+        self._fresh = [path for path in _sqlite_files(self.db) if not os.path.exists(path)]
         engine = engine_for(self.db, statement_timeout=STATEMENT_TIMEOUT)
         self.store = Store(engine, self.reactor)
-        self.hub = Hub(decoders, self.store, self.reactor)
+        self.hub = Hub(decoders, self.store, self.reactor, claim_window=self.claim_window,
+                       known_only=self.devices == "known")
         sync = SettingsSync(self.hub, engine)
         self.commands = CommandQueue(self.hub, engine, self.reactor)
         self.hub.commands = self.commands
@@ -206,7 +247,7 @@ class GatewayService(MultiService):
             migrate(engine)
             sync.load_all()
         except Exception as e:
-            if engine.dialect.name == "sqlite" or not outage(e):
+            if engine.dialect.name == "sqlite" or not outage(e) or misconfigured(e):
                 raise
             # The database is down: listen anyway, hold devices (their records
             # wait, unacked), and start what needs the schema once it answers.
@@ -219,8 +260,8 @@ class GatewayService(MultiService):
                 sync.setServiceParent(self)
                 self.commands.setServiceParent(self)
                 # Devices that identified while the database was away.
-                for session in list(self.hub.sessions.values()):
-                    self.commands.device_online(session)
+                for device_id in list(self.hub.sessions):
+                    self.commands.device_online(device_id)
 
             self.store.prepare = prepare
             self.store.ready.addCallback(ready)
@@ -228,15 +269,58 @@ class GatewayService(MultiService):
         else:
             sync.setServiceParent(self)
             self.commands.setServiceParent(self)
-        factory, datagram = StreamFactory(self.hub, self.idle_timeout), DatagramEndpoint(self.hub)
+        if self.forwards:
+            from gateway.forward.outbox import Forwarder
+
+            Forwarder(self.forwards, self.db, self.reactor, self.store).setServiceParent(self)
+        factory = StreamFactory(self.hub, self.idle_timeout, proxy_protocol=self.proxy_protocol)
+        datagram = DatagramEndpoint(self.hub)
         if self.reuse_port:
-            SharedPort(self.reactor, self.port, self.interface, factory, datagram).setServiceParent(self)
+            SharedPort(self.reactor, self.port, self.interface, factory, datagram,
+                       self.proxy_protocol).setServiceParent(self)
+        elif self.proxy_protocol:
+            # Twisted's PROXY v1/v2 parser in front of the factory: a
+            # connection that does not open with a valid header is refused.
+            kind = TCP6ServerEndpoint if ":" in self.interface else TCP4ServerEndpoint
+            endpoint = proxyEndpoint(kind(self.reactor, self.port, backlog=1024, interface=self.interface))
+            StreamServerEndpointService(endpoint, factory).setServiceParent(self)
+            UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
         else:
             TCPServer(self.port, factory, interface=self.interface, backlog=1024).setServiceParent(self)
             UDPServer(self.port, datagram, interface=self.interface).setServiceParent(self)
+        if self.http is not None:
+            from gateway.http.service import HttpService
+            HttpService(self.hub, engine, self.store, self.commands, self.reactor, *self.http,
+                        tile_url=self.map_tiles).setServiceParent(self)
         self.summary = (f"{self.interface or '*'}:{self.port} (tcp+udp"
                         f"{', shared port' if self.reuse_port else ''}), protocols: {', '.join(decoders)},"
-                        f" database: {engine.url.render_as_string(hide_password=True)}")
+                        f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}"
+                        f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}"
+                        f"{f', http: {self.http[0]}:{self.http[1]}' if self.http else ''}")
+
+    def discard_new_database(self) -> None:
+        """
+        After a failed start: remove the SQLite files this start created, so a
+        mistake leaves no empty database behind.
+        """
+        for path in getattr(self, "_fresh", ()):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def privilegedStartService(self):
+        # twistd opens the ports here: a port in use or an address the machine
+        # does not have is one line, not a traceback.
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            self.discard_new_database()
+            raise SystemExit(f"twistd trackport: cannot start: {e}") from None
+
+    def stopService(self):
+        # Sessions closing at shutdown keep their commands where they are.
+        if self.hub is not None:
+            self.hub.stopping = True
+        return super().stopService()
 
     def startService(self):
         super().startService()

@@ -12,6 +12,8 @@ error lines are rate-limited, and a session that sends mostly garbage is closed.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections import deque
 from typing import Callable, Optional
 
@@ -51,17 +53,20 @@ GARBAGE_SECONDS = 10.0
 GARBAGE_BYTES = 64 * 1024
 GARBAGE_SHARE = 0.75
 
+_serial = itertools.count(1)
+
 
 class _Reply:
     """
     An ack waiting for its records to commit, and for earlier acks to go first.
     """
 
-    __slots__ = ("data", "state")
+    __slots__ = ("data", "state", "received")
 
-    def __init__(self, data: bytes, ready: bool):
+    def __init__(self, data: bytes, ready: bool, received: float):
         self.data = data
         self.state = "ready" if ready else "waiting"
+        self.received = received
 
 
 class Session:
@@ -77,8 +82,8 @@ class Session:
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "write", "_close", "_pause", "_resume", "decoder",
-                 "device_id", "context", "open", "last_seen", "_buffer", "_replies", "_detect_timer",
+    __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "_pause", "_resume", "decoder",
+                 "device_id", "context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since",
                  "_commands_wait")
 
@@ -93,6 +98,10 @@ class Session:
         self.hub = hub
         self.transport = transport
         self.peer = peer
+        # Unique among the sessions of every gateway process: a command keeps
+        # the key of the session it was written on (only a reply there
+        # confirms it).
+        self.key = f"{os.getpid()}/{next(_serial)} {transport} {peer}"
         self.write = write
         self._close = close
         self._pause = pause
@@ -102,7 +111,7 @@ class Session:
         self.context = Context(transport=transport, peer=peer,
                                lookup=hub.settings, seconds=hub.clock.seconds)
         self.open = True
-        self.last_seen = hub.clock.seconds()
+        self.opened = self.last_seen = hub.clock.seconds()
         self._buffer = b""
         self._replies: Optional[deque] = None
         self._waiting = 0
@@ -255,6 +264,8 @@ class Session:
         try:
             result = self.decoder.decode(frame, self.context)
         except DecodeError as e:
+            if self.hub.taps:
+                self.hub.tap(self, "in", frame)
             self._error(f"bad frame: {e}", frame)
             return
         except Exception as e:
@@ -265,6 +276,10 @@ class Session:
             self._error(result.withheld, frame)
             self.hub.withheld(self, result.records)
             return
+        device_id = result.device_id or self.device_id
+        if not self.hub.admits(device_id):
+            self.hub.refused(self, device_id, frame)
+            return
         if result.commands_wait:
             self._commands_wait = True
         if result.device_id and result.device_id != self.device_id:
@@ -273,7 +288,9 @@ class Session:
                 self._queue_reply(self.hub.not_an_id(self, result.device_id, frame), result.reply)
                 return
             self._bind_device(result.device_id)
-        device_id = result.device_id or self.device_id
+        if self.hub.taps:
+            # Frame by frame, once the frame has named its device.
+            self.hub.tap(self, "in", frame)
         if result.settings and device_id:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:
@@ -296,7 +313,7 @@ class Session:
     # -- replies ----------------------------------------------------------
 
     def _queue_reply(self, stored: Optional[Deferred], data: bytes, records: int = 0) -> None:
-        reply = _Reply(data, stored is None)
+        reply = _Reply(data, stored is None, self.last_seen)
         if self._replies is None:
             self._replies = deque()
         self._replies.append(reply)
@@ -326,6 +343,9 @@ class Session:
             reply = replies.popleft()
             if reply.state == "ready" and reply.data and self.open:
                 self.write(reply.data)
+                self.hub.acked(self, self.hub.clock.seconds() - reply.received)
+                if self.hub.taps:
+                    self.hub.tap(self, "out", reply.data)
         if not replies:
             self._replies = None
         if self._held and not self._busy():

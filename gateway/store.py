@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from gateway import schema, storable
 from gateway.dbguard import DatabaseUnavailable, Guard, connection_class
 from gateway.model import Position, canonical_json
+from gateway.ordering import serialize_ids
 
 log = Logger()
 
@@ -47,12 +48,40 @@ class StoreStopped(Exception):
     """
 
 
-def database_url(given: Optional[str] = None) -> str:
+def database_url(given: Optional[str] = None, config: Optional[str] = None) -> str:
     """
-    C{--db}, else C{$TRACKPORT_DB}, else C{sqlite:///trackport.db} in the working
+    C{--db}, else C{$TRACKPORT_DB}, else C{db} in the configuration file
+    (L{gateway.config}), else C{sqlite:///trackport.db} in the working
     directory.
     """
-    return given or os.environ.get("TRACKPORT_DB") or DEFAULT_DB
+    from gateway.config import read
+
+    return given or os.environ.get("TRACKPORT_DB") or read(config).get("db") or DEFAULT_DB
+
+
+class BadDatabaseURL(ValueError):
+    """
+    A database URL trackport cannot use.
+    """
+
+
+def check_url(url: str) -> URL:
+    """
+    C{url} parsed, refusing what trackport cannot use before anything
+    connects or creates a file.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise BadDatabaseURL(f"not a database URL: {url!r} (use sqlite:///PATH or "
+                             "postgresql://USER@HOST/NAME)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise BadDatabaseURL(f"unsupported database {backend!r}: trackport stores in SQLite "
+                             "(sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/NAME)")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise BadDatabaseURL("a SQLite URL needs a file: sqlite:///PATH")
+    return parsed
 
 
 class RawJson(str):
@@ -301,6 +330,22 @@ def outage(error: BaseException) -> bool:
     return isinstance(error, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
 
+#: What a PostgreSQL server says when the database URL itself is wrong: waiting
+#: for the server would not help, so a gateway refuses to start on it.
+_MISCONFIGURED = ("does not exist", "authentication failed", "no password supplied",
+                  "could not translate host name", "invalid dsn", "no pg_hba.conf entry")
+
+
+def misconfigured(error: BaseException) -> bool:
+    """
+    Whether C{error}, met while connecting, names a mistake in the database
+    URL (unknown database, role or host, refused credentials) rather than a
+    server that is down or does not answer.
+    """
+    text = str(getattr(error, "orig", None) or error).lower()
+    return any(marker in text for marker in _MISCONFIGURED)
+
+
 def position_row(device_id, protocol, record: Position, received: datetime) -> tuple:
     """
     A record as a row of L{POSITION_COLUMNS}; JSON columns already serialised.
@@ -433,6 +478,10 @@ class Store:
         self._suspects: Dict[tuple, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
+        self._commit_listeners: List = []
+        #: Called on the writer thread with the number of records of each
+        #: committed batch (metrics), or L{None}.
+        self.observe_batch = None
 
     # -- reactor side -----------------------------------------------------
 
@@ -522,14 +571,22 @@ class Store:
             self._learned.append((device_id, settings))
             self._cond.notify()
 
-    def unknown(self, transport: str, peer: str, data: bytes) -> None:
+    def unknown(self, transport: str, peer: str, data: bytes, reason: Optional[str] = None) -> None:
         with self._cond:
             if len(self._unknown) < 1000:
                 self._unknown.append({"received_at": now(),
                                       "transport": storable.text(transport, storable.TRANSPORT_MAX),
                                       "peer": storable.text(peer, storable.PEER_MAX),
-                                      "length": len(data), "data": bytes(data[:1024])})
+                                      "length": len(data), "data": bytes(data[:1024]),
+                                      "reason": reason})
                 self._cond.notify()
+
+    def add_commit_listener(self, fn) -> None:
+        """
+        Call C{fn()} in the reactor thread after each transaction that stored
+        positions, so readers by cursor (forwarding, live feeds) need not poll.
+        """
+        self._commit_listeners.append(fn)
 
     @property
     def pending(self) -> int:
@@ -677,6 +734,8 @@ class Store:
             self._pending -= count
         if error is None:
             self.committed += count
+            if count and self.observe_batch is not None:
+                self.observe_batch(count)
         self.reactor.callFromThread(self._fire, [i.deferred for i in items], error)
 
     def _finish_rejections(self, rejections, error) -> None:
@@ -781,6 +840,12 @@ class Store:
             devices.update(self._seen)
 
         def body(connection):
+            if rows or work.learned:
+                # Position ids and settings versions are drawn under this
+                # lock, so they commit in order (gateway.ordering); first,
+                # before any row lock: a writer that waits here holds nothing
+                # another writer needs.
+                serialize_ids(connection)
             if devices:
                 self._upsert_devices(connection, devices)
             if rows:
@@ -794,6 +859,9 @@ class Store:
 
         self._transaction(body)
         self._known.update(devices)
+        if rows:
+            for fn in self._commit_listeners:
+                self.reactor.callFromThread(fn)
         if flush_seen:
             self._seen = {}
             self._seen_flushed = _time.monotonic()
@@ -1021,6 +1089,9 @@ class Store:
         @param nested: in a savepoint, where the staging rows of an earlier
             part of the same transaction must not be merged again.
         """
+        # Every path that draws position ids holds the order lock (held once
+        # already, it is taken again at no cost until the transaction ends).
+        serialize_ids(connection)
         if self.dialect == "postgresql":
             # SQLAlchemy (and psycopg2's executemany) run INSERT ... ON CONFLICT
             # row by row. COPY into a per-connection staging table and one
@@ -1078,6 +1149,7 @@ def merge_settings(connection, dialect: str, device_id: str, settings: Mapping[s
     Merge C{settings} into a device's settings (a value of L{None} removes the
     key), creating the device row if needed. Returns the new settings.
     """
+    serialize_ids(connection)
     current = connection.execute(
         select(schema.devices.c.settings).where(schema.devices.c.id == device_id)).scalar_one_or_none()
     merged = dict(current or {})
@@ -1092,17 +1164,51 @@ def merge_settings(connection, dialect: str, device_id: str, settings: Mapping[s
             insert_ignoring(schema.devices, dialect, ("id",)),
             [{"id": device_id, "settings": merged, "settings_changed": stamp}])
     connection.execute(update(schema.devices).where(schema.devices.c.id == device_id)
-                       .values(settings=merged, settings_changed=stamp))
+                       .values(settings=merged, settings_changed=stamp,
+                               settings_seq=next_settings_seq(connection)))
     return merged
 
 
-def load_settings(connection, since: Optional[datetime] = None) -> Dict[str, dict]:
+def next_settings_seq(connection) -> int:
     """
-    Settings of every device (changed after C{since}, when given).
+    The next settings version, drawn under L{serialize_ids}: versions commit in
+    the order they are drawn, so a reader's cursor (C{settings_seq > last})
+    never skips a change that commits late.
     """
-    query = select(schema.devices.c.id, schema.devices.c.settings)
-    if since is not None:
-        query = query.where(schema.devices.c.settings_changed > since)
-    else:
-        query = query.where(schema.devices.c.settings_changed.is_not(None))
+    serialize_ids(connection)
+    return connection.execute(
+        select(func.coalesce(func.max(schema.devices.c.settings_seq), 0) + 1)).scalar_one()
+
+
+def load_settings(connection) -> Dict[str, dict]:
+    """
+    Settings of every device that has some.
+    """
+    query = select(schema.devices.c.id, schema.devices.c.settings).where(
+        schema.devices.c.settings_changed.is_not(None))
     return {row.id: dict(row.settings or {}) for row in connection.execute(query)}
+
+
+def settings_after(connection, after: int):
+    """
+    Devices whose settings or known flag changed after version C{after}:
+    C{({id: (settings, known)}, last version)}.
+    """
+    d = schema.devices.c
+    rows = connection.execute(select(d.id, d.settings, d.known, d.settings_seq)
+                              .where(d.settings_seq > after).order_by(d.settings_seq)).all()
+    last = max((r.settings_seq for r in rows), default=after)
+    return {r.id: (dict(r.settings or {}), bool(r.known)) for r in rows}, last
+
+
+def add_known(connection, dialect: str, device_id: str, protocol: Optional[str]) -> None:
+    """
+    Mark a device as added by an operator (C{--devices known} admits it).
+    """
+    serialize_ids(connection)
+    connection.execute(insert_ignoring(schema.devices, dialect, ("id",)),
+                       [{"id": device_id, "settings": {}, "protocol": protocol}])
+    values = {"known": True, "settings_seq": next_settings_seq(connection)}
+    if protocol:
+        values["protocol"] = protocol
+    connection.execute(update(schema.devices).where(schema.devices.c.id == device_id).values(**values))

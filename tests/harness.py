@@ -105,13 +105,19 @@ class RecordingCommands:
         """
         return [(device_id, c) for device_id, batch in self.confirmed_ for c in batch]
 
-    def confirmed(self, device_id, confirmations):
+    def confirmed(self, session, device_id, confirmations):
         self.confirmed_.append((device_id, tuple(confirmations)))
 
-    def device_online(self, session):
+    def device_online(self, device_id):
         pass
 
-    def device_active(self, session):
+    def device_active(self, device_id):
+        pass
+
+    def conflict(self, device_id, text):
+        pass
+
+    def moved(self, device_id, gone, holder):
         pass
 
 

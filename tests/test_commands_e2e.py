@@ -27,7 +27,8 @@ def status_of(g, device, command_id):
 
 
 def send(g, device, *args):
-    return int(g.cli("send", device, *args).stdout.strip())
+    # Most tests queue for a device before it first connects: --force.
+    return int(g.cli("send", device, *args, "--force").stdout.strip())
 
 
 def wait_status(g, device, command_id, status, timeout=10):

@@ -20,7 +20,7 @@ from sqlalchemy import func, select as sql_select
 from sqlalchemy.engine import make_url
 
 from gateway import schema
-from gateway.store import engine_for
+from gateway.store import engine_for, migrate
 from tests.conftest import Gateway
 from tests.poison import POISON
 
@@ -318,9 +318,14 @@ def test_gateway_starts_while_database_is_down(pg_url, proxy, gateway):
         time.sleep(3)
         assert device.acks == [] and device.sent == 1  # held: no ack
         # A command queued meanwhile (straight to the database, which only the
-        # gateway cannot reach) for the device already connected.
+        # gateway cannot reach) for the device already connected. The database
+        # has held a gateway before (the operator commands refuse to create a
+        # schema); the device is new to it.
+        schema_engine = engine_for(pg_url)
+        migrate(schema_engine)
+        schema_engine.dispose()
         direct = Gateway(pg_url, g.workdir)
-        direct.cli("send", device.imei, "custom", "--param", "text=STATUS")
+        direct.cli("send", device.imei, "engine_stop", "--force")
         proxy.forward()
         back = time.monotonic()
         assert wait_until(lambda: device.acks, 30)
@@ -330,7 +335,7 @@ def test_gateway_starts_while_database_is_down(pg_url, proxy, gateway):
         acked = len(device.acks)
         assert stored(pg_url) >= 3 * acked
         # The command queue started once the database came, and delivered.
-        assert wait_until(lambda: json.loads(g.cli("commands", "--json").stdout)[0]["status"] == "sent", 20)
+        assert wait_until(lambda: json.loads(g.cli("commands", "--json").stdout)[0]["status"] == "sent", 20), g.cli("commands", "--json").stdout
     finally:
         device.stop.set()
         device.join(5)

@@ -414,9 +414,9 @@ def test_engine_commands():
 
 def test_custom_and_unsupported():
     assert gosafe.encode(command("custom", text="*GS06,RST#"), device_context()).data == b"*GS06,RST#"
-    assert gosafe.encode(command("custom", hex="2a47"), device_context()).data == b"*G"
+    assert gosafe.encode(command("custom", hex=b"*GS06,RST#".hex()), device_context()).data == b"*GS06,RST#"
     for kind, params in (("position_request", {}), ("reboot", {}), ("custom", {}),
-                         ("custom", {"hex": "zz"})):
+                         ("custom", {"hex": "zz"}), ("custom", {"hex": "2a47"})):
         with pytest.raises(EncodeError):
             gosafe.encode(command(kind, **params), device_context())
 

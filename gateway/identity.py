@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_identity -*-
+"""
+Which session speaks for a device, and when that is in doubt.
+
+Tracker protocols authenticate nothing: a device is whoever sends its id. A
+command must therefore go to the session the device really uses, and an
+engine stop must go to no session at all while two of them claim the device.
+
+Every frame that names a device is a claim by its session; L{Claims} keeps,
+per device, when each open session first and last claimed it. With C{W} the
+claim window (L{WINDOW} seconds by default):
+
+  - B{holder}: the open session that claimed the device last; commands go
+    there.
+  - B{conflict}: two open sessions from different peers each claimed the
+    device within the last C{W} seconds, and the older one claimed it again
+    after the newer one first did. Two devices (or a device and an impostor)
+    are speaking at once: every command of the device waits.
+  - B{settling}: the holder took over from another open session that claimed
+    the device within C{W} seconds before the takeover and has been silent
+    since. That is most often a reconnect whose old connection is not closed
+    yet, but could be an impostor speaking between two keep-alives of the
+    real device: engine stop, engine resume and custom commands wait until
+    the old session has been silent for C{W} seconds (or closes); other
+    commands go to the new session at once.
+
+A reconnect whose old connection closed, or was silent for C{W} seconds, is
+neither: everything goes to the new connection at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Dict, Optional, Set
+
+import attrs
+
+from gateway.hexdump import printable
+
+#: Seconds a claim counts: longer than the keep-alive interval of the devices
+#: served, so that a real device still speaking is noticed.
+WINDOW = 120.0
+
+#: Sessions remembered per device id.
+MAX_CLAIMANTS = 16
+
+#: Commands that wait while the holder is settling: what must not reach an
+#: impostor (a custom command may be an engine stop; the gateway does not
+#: guess).
+SENSITIVE = frozenset({"engine_stop", "engine_resume", "custom"})
+
+
+@attrs.frozen
+class Route:
+    """
+    Where a device's commands may go now.
+
+    @ivar session: the holder, or L{None} when no open session claims the device.
+    @ivar hold: why every command waits (a conflict), or L{None}.
+    @ivar hold_sensitive: why L{SENSITIVE} commands wait (settling), or L{None}.
+    """
+
+    session: object = None
+    hold: Optional[str] = None
+    hold_sensitive: Optional[str] = None
+
+    def reason(self, command_type: str) -> Optional[str]:
+        if self.hold:
+            return self.hold
+        if command_type in SENSITIVE:
+            return self.hold_sensitive
+        return None
+
+
+class _Claim:
+    __slots__ = ("first", "last")
+
+    def __init__(self, when: float):
+        self.first = self.last = when
+
+
+class Claims:
+    """
+    The claims of open sessions on device ids.
+    """
+
+    def __init__(self, clock, window: float = WINDOW):
+        self.clock = clock
+        self.window = window
+        self._claims: Dict[str, Dict[object, _Claim]] = {}
+        self._devices: Dict[object, Set[str]] = {}
+
+    def claim(self, session, device_id: str) -> int:
+        """
+        Note a frame of C{session} naming C{device_id}; returns how many
+        sessions claim the device.
+        """
+        now = self.clock.seconds()
+        claims = self._claims.setdefault(device_id, {})
+        claim = claims.get(session)
+        if claim is None:
+            if len(claims) >= MAX_CLAIMANTS:
+                # Many peers naming one id: forget the one silent longest, so
+                # that a flood of spoofed sources costs bounded work per frame.
+                stale = min(claims, key=lambda s: claims[s].last)
+                self._drop(stale, device_id)
+                self._devices.get(stale, set()).discard(device_id)
+                claims = self._claims.setdefault(device_id, {})
+            claims[session] = _Claim(now)
+            self._devices.setdefault(session, set()).add(device_id)
+        else:
+            claim.last = now
+        return len(claims)
+
+    def release(self, session) -> None:
+        """
+        Forget a closed session's claims.
+        """
+        for device_id in self._devices.pop(session, ()):
+            self._drop(session, device_id)
+
+    def release_device(self, session, device_id: str) -> None:
+        """
+        Forget one claim: the session now speaks for another device.
+        """
+        devices = self._devices.get(session)
+        if devices is not None:
+            devices.discard(device_id)
+        self._drop(session, device_id)
+
+    def _drop(self, session, device_id: str) -> None:
+        claims = self._claims.get(device_id)
+        if claims and claims.pop(session, None) is not None and not claims:
+            del self._claims[device_id]
+
+    def holder(self, device_id: str):
+        claims = self._claims.get(device_id)
+        live = [(c.last, c.first, s) for s, c in (claims or {}).items() if s.open]
+        return max(live, key=lambda t: (t[0], t[1]))[2] if live else None
+
+    def conflict(self, device_id: str):
+        """
+        The two sessions in conflict over C{device_id} (older first), or L{None}.
+        """
+        now = self.clock.seconds()
+        active = sorted(((c.first, c.last, s) for s, c in self._claims.get(device_id, {}).items()
+                         if s.open and now - c.last <= self.window), key=lambda t: t[0])
+        for i, (first_a, last_a, a) in enumerate(active):
+            for first_b, last_b, b in active[i + 1:]:
+                if a.peer != b.peer and last_a >= first_b:
+                    return a, b
+        return None
+
+    def route(self, device_id: str) -> Route:
+        holder = self.holder(device_id)
+        if holder is None:
+            return Route()
+        pair = self.conflict(device_id)
+        if pair is not None:
+            a, b = pair
+            return Route(holder, hold=f"identity conflict: {printable(device_id)} claimed by {a.transport} "
+                                      f"{a.peer} and {b.transport} {b.peer}")
+        now = self.clock.seconds()
+        mine = self._claims[device_id][holder]
+        for session, claim in self._claims[device_id].items():
+            if session is holder or not session.open or session.peer == holder.peer:
+                continue
+            if claim.last < mine.first and now - claim.last <= self.window:
+                until = datetime.fromtimestamp(claim.last + self.window, timezone.utc)
+                return Route(holder, hold_sensitive=(
+                    f"identity settling: {printable(device_id)} moved from {session.transport} "
+                    f"{session.peer} to {holder.transport} {holder.peer}; engine and custom "
+                    f"commands wait until {until:%H:%M:%S}Z unless the old session speaks again"))
+        return Route(holder)

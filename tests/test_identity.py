@@ -1,0 +1,104 @@
+"""
+L{gateway.identity}: who holds a device, what is a conflict and what is a
+reconnect, on a fake clock.
+"""
+
+from twisted.internet.task import Clock
+
+from gateway.identity import Claims
+
+
+class FakeSession:
+    def __init__(self, peer, transport="tcp"):
+        self.peer = peer
+        self.transport = transport
+        self.open = True
+        self.device_id = None
+
+
+def claims():
+    clock = Clock()
+    return clock, Claims(clock, window=60)
+
+
+def test_one_session_holds_and_nothing_waits():
+    clock, c = claims()
+    a = FakeSession("10.0.0.1:1000")
+    c.claim(a, "dev")
+    route = c.route("dev")
+    assert route.session is a and route.reason("engine_stop") is None
+
+
+def test_both_speaking_after_each_other_is_a_conflict_that_holds_everything():
+    clock, c = claims()
+    victim, impostor = FakeSession("10.0.0.1:1000"), FakeSession("10.0.0.9:2000", "udp")
+    c.claim(victim, "dev")
+    clock.advance(5)
+    c.claim(impostor, "dev")
+    clock.advance(5)
+    c.claim(victim, "dev")
+    assert c.conflict("dev") == (victim, impostor)
+    route = c.route("dev")
+    for kind in ("engine_stop", "engine_resume", "custom", "position_request"):
+        reason = route.reason(kind)
+        assert "identity conflict" in reason and "10.0.0.9:2000" in reason and "10.0.0.1:1000" in reason
+    # The impostor falls silent: once its claim is older than the window, over.
+    clock.advance(56)
+    c.claim(victim, "dev")
+    assert c.conflict("dev") is None and c.route("dev").session is victim
+
+
+def test_a_takeover_settles_before_engine_commands_go():
+    clock, c = claims()
+    old, new = FakeSession("10.0.0.1:1000"), FakeSession("10.0.0.1:1001")
+    c.claim(old, "dev")
+    clock.advance(10)
+    c.claim(new, "dev")
+    route = c.route("dev")
+    assert route.session is new
+    assert route.reason("position_request") is None
+    assert "identity settling" in route.reason("engine_stop")
+    assert "identity settling" in route.reason("custom")
+    clock.advance(51)
+    assert c.route("dev").reason("engine_stop") is None
+    assert c.conflict("dev") is None
+
+
+def test_a_closed_old_connection_is_a_plain_reconnect():
+    clock, c = claims()
+    old, new = FakeSession("10.0.0.1:1000"), FakeSession("10.0.0.1:1001")
+    c.claim(old, "dev")
+    old.open = False
+    c.release(old)
+    clock.advance(1)
+    c.claim(new, "dev")
+    route = c.route("dev")
+    assert route.session is new and route.reason("engine_stop") is None
+
+
+def test_the_holder_closing_hands_over_to_the_other_claimant():
+    clock, c = claims()
+    a, b = FakeSession("10.0.0.1:1000"), FakeSession("10.0.0.2:1000")
+    c.claim(a, "dev")
+    clock.advance(1)
+    c.claim(b, "dev")
+    assert c.holder("dev") is b
+    b.open = False
+    c.release(b)
+    assert c.holder("dev") is a
+    a.open = False
+    c.release(a)
+    assert c.holder("dev") is None and c.route("dev").session is None
+
+
+def test_claimants_per_device_are_bounded():
+    clock, c = claims()
+    victim = FakeSession("10.0.0.1:1000")
+    c.claim(victim, "dev")
+    for i in range(100):
+        clock.advance(0.01)
+        c.claim(FakeSession(f"10.9.0.{i}:1"), "dev")
+        clock.advance(0.01)
+        c.claim(victim, "dev")
+    assert len(c._claims["dev"]) == 16
+    assert victim in c._claims["dev"] and c.conflict("dev") is not None
