@@ -232,13 +232,6 @@ class Hub:
         if self.commands is not None and not self.stopping:
             self.commands.moved(device_id, gone, holder)
 
-    def commands_ready(self, session) -> None:
-        """
-        A session that held commands back takes them again.
-        """
-        if self.commands is not None and session.device_id is not None:
-            self.commands.device_active(session)
-
     def learned(self, device_id: str, settings: Mapping[str, str]) -> None:
         if all(self.settings(device_id).get(k) == v for k, v in settings.items()):
             return

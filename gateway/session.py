@@ -297,10 +297,11 @@ class Session:
             self.hub.confirmed(self, device_id, result.confirmations)
         stored = self.hub.store(self, device_id, result.records, frame) if result.records else None
         self._queue_reply(stored, result.reply, len(result.records))
-        self.hub.frame_done(self, device_id)
-        if self._commands_wait and not result.commands_wait:
+        if not result.commands_wait:
+            # Commands the device held back go now, behind this frame's reply
+            # (frame_done tells the command queue the device is active).
             self._commands_wait = False
-            self.hub.commands_ready(self)
+        self.hub.frame_done(self, device_id)
 
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
