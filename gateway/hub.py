@@ -114,9 +114,10 @@ class Hub:
             self.commands.confirmed(device_id, confirmations)
 
     def session_closed(self, session) -> None:
-        log.info("session {transport} {peer} closed ({protocol}, device {device_id})",
-                 transport=session.transport, peer=session.peer,
-                 protocol=session.protocol, device_id=session.device_id)
+        if session.transport != "udp":
+            log.info("session {transport} {peer} closed ({protocol}, device {device_id})",
+                     transport=session.transport, peer=session.peer,
+                     protocol=session.protocol, device_id=session.device_id)
         if session.device_id is not None and self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
 
