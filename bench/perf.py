@@ -22,8 +22,12 @@ C{--repeat} times on fresh processes; the table gives medians (and the spread of
 the CPU figures). CPU time is what to compare on a shared machine: throughput
 and latency follow whatever else runs.
 
+With C{--default-gc}, a third server joins every round: the gateway with
+CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
+to measure what L{gateway.service.tune_gc} buys.
+
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
-       [--devices 200] [--idle 3000] [--pg postgresql://...]
+       [--devices 200] [--idle 3000] [--default-gc] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -232,30 +236,47 @@ def measure(server, database, transport, args, offset):
 
 @defer.inlineCallbacks
 def repetition(url, args, workdir, results, offset):
-    bare = ingest.Server("bare", None, workdir)
-    gateway = ingest.Server("trackport", url, workdir)
+    servers = [("bare", ingest.Server("bare", None, workdir), None)]
     database = Database(url)
+    servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
+    if args.default_gc:
+        servers.append(("default-gc", default_gc_server(url, workdir), database))
     try:
         ingest.TRAFFIC = gosafe.make(1)
-        for name, server in (("bare", bare), ("trackport", gateway)):
+        for name, server, _ in servers:
             server.pids = [server.proc.pid]
             per = yield ingest.idle_sessions(server, args, [], offset)
             offset += args.idle + 1
             results.setdefault(("idle", name), []).append(per / 1024)
         for label, transport, records in SCENARIOS:
             ingest.TRAFFIC = gosafe.make(records)
-            for name, server, db in (("bare", bare, None), ("trackport", gateway, database)):
+            for name, server, db in servers:
                 result = yield measure(server, db, transport, args, offset)
                 offset += args.devices
                 results.setdefault((label, name), []).append(result)
-                print(f"{label:<56} {name:<9} {result['process']:7.1f} µs/rec"
+                print(f"{label:<56} {name:<10} {result['process']:7.1f} µs/rec"
                       f" + PG {result['backends']:5.1f}  {result['rate']:9,.0f} rec/s"
                       f"  p50/p99 {result['p50']:.0f}/{result['p99']:.0f} ms", flush=True)
     finally:
         database.close()
-        bare.stop()
-        gateway.stop()
+        for _, server, _ in servers:
+            server.stop()
     return offset
+
+
+def default_gc_server(url, workdir):
+    """
+    A gateway started by C{bench/twistd_default_gc.py} in place of twistd.
+    """
+    bindir = tempfile.mkdtemp(dir=workdir)
+    with open(os.path.join(bindir, "twistd"), "w") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.join(HERE, "twistd_default_gc.py")}" "$@"\n')
+    os.chmod(fh.name, 0o755)
+    real, ingest.BIN = ingest.BIN, bindir
+    try:
+        return ingest.Server("trackport", url, workdir)
+    finally:
+        ingest.BIN = real
 
 
 def median(results, key, field):
@@ -288,6 +309,19 @@ def table(results, args, load):
     idle = {name: statistics.median(results[("idle", name)]) for name in ("bare", "trackport")}
     lines += ["", f"idle TCP session: bare {idle['bare']:.2f} KB, trackport {idle['trackport']:.2f} KB"
                   f" (RSS growth over {args.idle - max(1, args.idle // 10)} sessions, median)"]
+    if args.default_gc:
+        lines += ["", "The same gateway with CPython's default GC settings, in the same rounds:", "",
+                  "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
+                  "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
+                  "|---|---|---|---|---|---|"]
+        for label, _, _ in SCENARIOS:
+            gateway, default = (label, "trackport"), (label, "default-gc")
+            lines.append(
+                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
+                f" | {spread(results, default, 'backends')} | {median(results, default, 'rate'):,.0f}"
+                f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
+        lines.append(f"idle TCP session with the default GC: "
+                     f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
     return "\n".join(lines)
 
 
@@ -316,6 +350,8 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--devices", type=int, default=200)
     ap.add_argument("--idle", type=int, default=3000, help="idle TCP sessions opened per server")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="also measure the gateway with CPython's default GC settings, interleaved")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()
