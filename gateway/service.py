@@ -23,9 +23,10 @@ from gateway.store import Store, engine_for, load_settings, migrate
 
 log = Logger()
 
-#: Allocations between two collections of the youngest generation (CPython's
-#: default is 700): a gateway makes many short-lived objects per frame and
-#: almost no cycles, so most of those collections find nothing.
+#: Container objects allocated (net) between two collections of the youngest
+#: generation (CPython's default is 700): a gateway makes many short-lived
+#: objects per frame and almost no cycles, so most of those collections find
+#: nothing.
 GC_THRESHOLD = 10_000
 
 
