@@ -601,7 +601,13 @@ class Jt808Protocol:
     def encode(self, command, context):
         terminal = context.state.get("terminal")
         if terminal is None:
-            raise EncodeError("no JT808 frame from this device on this session yet")
+            # Commands go out on a session the device has spoken on, whose
+            # header they repeat; without one (checking a command before it is
+            # queued) the 2013 header is made from the device id.
+            device = command.device_id or ""
+            if not (device.isascii() and device.isdigit() and len(device) <= 12):
+                raise EncodeError("no JT808 frame from this device on this session yet")
+            terminal = (bytes.fromhex(device.zfill(12)), None)
         number, version = terminal
         kind, params = command.type, command.params
 

@@ -57,7 +57,11 @@ def _close(a, b, tol):
     return a is not None and b is not None and abs(float(a) - float(b)) <= tol
 
 
-def _position(want, got):
+def position_mismatches(want, got):
+    """
+    How a decoded record C{got} differs from the expected C{want} (a vector's
+    C{positions} entry), within the tolerances; empty when it matches.
+    """
     bad = []
     if "time" in want and _time(want["time"]) != _time(got.get("time")):
         bad.append(f"time {got.get('time')} != {want['time']}")
@@ -134,7 +138,7 @@ def check(vec) -> List[str]:
             if i >= len(records):
                 bad.append(f"record {i} missing")
                 break
-            bad += [f"record {i}: {m}" for m in _position(wp, records[i])]
+            bad += [f"record {i}: {m}" for m in position_mismatches(wp, records[i])]
     if want.get("response_hex") is not None:
         got = "".join(out["responses_hex"]).lower()
         if got != want["response_hex"].lower():

@@ -247,7 +247,7 @@ class Hub:
     def session_closed(self, session) -> None:
         # An unrecognised session was logged (within its budget) already: a
         # flood of connections must not write two lines each.
-        if session.decoder is not None:
+        if session.decoder is not None and session.transport != "udp":
             log.info("session {transport} {peer} closed ({protocol}, device {device_id})",
                      transport=session.transport, peer=session.peer, protocol=session.protocol,
                      device_id=printable(session.device_id))

@@ -228,8 +228,9 @@ class Session:
     def _bind_decoder(self, decoder) -> None:
         self.decoder = decoder
         self.context.state.clear()
-        log.info("session {transport} {peer}: protocol {protocol}",
-                 transport=self.transport, peer=self.peer, protocol=decoder.name)
+        if self.transport != "udp":
+            log.info("session {transport} {peer}: protocol {protocol}",
+                     transport=self.transport, peer=self.peer, protocol=decoder.name)
 
     # -- framing and decoding ---------------------------------------------
 
@@ -306,9 +307,12 @@ class Session:
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
         self.context.device_id = device_id
-        log.info("session {transport} {peer}: device {device_id} ({protocol})",
-                 transport=self.transport, peer=self.peer, device_id=printable(device_id),
-                 protocol=self.protocol)
+        # Not per UDP peer: a device behind a NAT may send every frame from a
+        # new port, and logging each cost as much as the frame itself.
+        if self.transport != "udp":
+            log.info("session {transport} {peer}: device {device_id} ({protocol})",
+                     transport=self.transport, peer=self.peer, device_id=printable(device_id),
+                     protocol=self.protocol)
         self.hub.identified(self, previous)
 
     # -- replies ----------------------------------------------------------

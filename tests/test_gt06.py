@@ -258,7 +258,7 @@ def test_the_vendor_time_reply_example():
 def test_the_ack_waits_for_the_commit():
     hub = memory_hub(gt06)
     pending = Deferred()
-    hub.store_.submit = lambda *args: pending
+    hub.store_.submit = lambda *args, **kwargs: pending
     sent = []
     from gateway.session import Session
     session = Session(hub, "tcp", "test", sent.append, lambda: None)

@@ -268,7 +268,7 @@ def test_ack_waits_for_the_records_to_commit():
     pending = Deferred()
     submitted = []
 
-    def submit(device_id, protocol, peer, batch):
+    def submit(device_id, protocol, peer, batch, **kwargs):
         submitted.append(batch)
         return pending
 

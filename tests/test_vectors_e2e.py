@@ -13,7 +13,7 @@ import time
 import pytest
 from gateway.store import engine_for
 
-from gateway import queries
+from gateway import conformance, queries
 from tests import vectorcheck
 from tests.conftest import Gateway
 
@@ -70,7 +70,7 @@ def assert_stored(gw, vec):
     assert len(rows) >= want["records"], f"acked, but {len(rows)} of {want['records']} records stored"
     for position in want.get("positions") or []:
         where = {k: position[k] for k in ("time", "lat", "lon") if k in position}
-        assert any(not vectorcheck._position(where, row) for row in rows), f"{where} not stored"
+        assert any(not conformance.position_mismatches(where, row) for row in rows), f"{where} not stored"
 
 
 @pytest.mark.parametrize("vec", TCP, ids=vectorcheck.ids(TCP))

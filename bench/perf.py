@@ -1,0 +1,362 @@
+"""
+What one durable record costs: CPU time of the trackport gateway process and of
+the PostgreSQL backends serving its database, per record, next to the bare
+Twisted split-and-ack server (C{bench/bare_server.py}) in the same run.
+
+For GoSafe frames of 1 and 3 records, over TCP, over UDP from one source port
+per device, and over UDP from a new source address and port for every frame
+(devices behind NATs that forget their mappings), it measures, closed loop (each
+of C{--devices} devices sends its next frame when the previous one is acked):
+
+- CPU µs per record: C{utime + stime} from C{/proc/<pid>/stat} of the gateway
+  (all its threads) and of the PostgreSQL backends of the bench database (found
+  in C{pg_stat_activity}), read when the last device is connected and again
+  once the database stops growing, divided by the records that became durable
+  (rows counted); for the bare server, by the records it acked;
+- durable records/s (acked records/s for the bare server) and ack p50/p99;
+- the memory of an idle TCP session (RSS growth over C{--idle} silent, identified
+  connections, on freshly started servers).
+
+Measurements alternate (bare, trackport, bare, trackport...) and are repeated
+C{--repeat} times on fresh processes; the table gives medians (and the spread of
+the CPU figures). CPU time is what to compare on a shared machine: throughput
+and latency follow whatever else runs.
+
+With C{--default-gc}, a third server joins every round: the gateway with
+CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
+to measure what L{gateway.service.tune_gc} buys.
+
+Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
+       [--devices 200] [--idle 3000] [--default-gc] [--pg postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import DatagramProtocol
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from bench import ingest  # noqa: E402
+from bench.traffic import gosafe  # noqa: E402
+
+#: (label, transport, records per frame), in the order measured and printed.
+SCENARIOS = [
+    ("GoSafe TCP, 3 records/frame", "tcp", 3),
+    ("GoSafe TCP, 1 record/frame", "tcp", 1),
+    ("GoSafe UDP, 3 records/frame, fixed source port", "udp", 3),
+    ("GoSafe UDP, 1 record/frame, fixed source port", "udp", 1),
+    ("GoSafe UDP, 3 records/frame, new source port each frame", "udp-new", 3),
+    ("GoSafe UDP, 1 record/frame, new source port each frame", "udp-new", 1),
+]
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of a process (all its threads), 0 if it is gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+class Database:
+    """
+    The bench database seen from one connection of ours: its row count and the
+    PostgreSQL backends serving the gateway (every backend of the database but
+    this one).
+    """
+
+    def __init__(self, url):
+        from gateway.store import engine_for
+
+        self.engine = engine_for(url, isolation_level="AUTOCOMMIT")
+        self.connection = self.engine.connect()
+        self.name = self.engine.url.database
+
+    def rows(self) -> int:
+        return self.connection.exec_driver_sql("SELECT count(*) FROM positions").scalar_one()
+
+    def backends(self) -> list:
+        return [pid for (pid,) in self.connection.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %(name)s AND pid <> pg_backend_pid()",
+            {"name": self.name})]
+
+    def close(self):
+        self.connection.close()
+        self.engine.dispose()
+
+
+class CPU:
+    """
+    CPU seconds of a server process, and of its database backends, since
+    L{start}.
+    """
+
+    def __init__(self, pid, database=None):
+        self.pid, self.database = pid, database
+
+    def start(self):
+        self.process = cpu_seconds(self.pid)
+        self.backends = ({pid: cpu_seconds(pid) for pid in self.database.backends()}
+                         if self.database else {})
+
+    def stop(self):
+        process = cpu_seconds(self.pid) - self.process
+        backends = 0.0
+        if self.database:
+            # A backend that appeared meanwhile started from zero; one that
+            # ended took its CPU time with it (the gateway keeps its pool).
+            for pid in set(self.backends) | set(self.database.backends()):
+                backends += max(0.0, cpu_seconds(pid) - self.backends.get(pid, 0.0))
+        return process, backends
+
+
+class Measured(ingest.Run):
+    """
+    An C{ingest.Run} that starts the CPU clock when its last device is
+    connected, and knows devices that change their source port every frame.
+    """
+
+    def __init__(self, cpu, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cpu = cpu
+
+    def start(self):
+        if self.transport != "udp-new":
+            return super().start()
+        for i in range(self.count):
+            NewPortDevice(self, self.offset + i, self.port).connect()
+        return self.done
+
+    def connected(self, device):
+        if len(self.devices) + 1 == self.count:
+            self.cpu.start()
+        super().connected(device)
+
+
+class _Reply(DatagramProtocol):
+    def __init__(self, device):
+        self.device = device
+
+    def datagramReceived(self, data, addr):
+        self.device.reply(data)
+
+
+class NewPortDevice:
+    """
+    A UDP device whose every frame comes from a new source address and port,
+    so the gateway meets a new peer each time.
+    """
+
+    addresses = itertools.count()
+
+    def __init__(self, run, index, port):
+        self.run, self.index, self.port, self.n = run, index, port, 0
+        self.sent, self.listening = [], None
+        self.transport = self
+
+    def connect(self):
+        self.run.connected(self)
+
+    def send(self):
+        self.stopListening()
+        # Many loopback addresses: a source address and port pair is not
+        # reused while the gateway still remembers it.
+        n = next(self.addresses)
+        receiver = _Reply(self)
+        self.listening = reactor.listenUDP(0, receiver, interface=f"127.1.{n // 250 % 250}.{n % 250 + 1}")
+        self.sent.append(time.perf_counter())
+        receiver.transport.write(ingest.frame(ingest.imei(self.index), self.n), ("127.0.0.1", self.port))
+        self.n += 1
+
+    def reply(self, data):
+        if ingest.TRAFFIC.ack_size(data) == len(data) and self.sent:
+            self.run.acked(self, time.perf_counter() - self.sent.pop(0))
+
+    def stopListening(self):
+        if self.listening is not None:
+            self.listening.stopListening()
+            self.listening = None
+
+
+@defer.inlineCallbacks
+def settled(database, quiet=1.0, limit=120.0):
+    """
+    Wait until the gateway has written everything (its row count stops
+    growing); return the count.
+    """
+    deadline, last = time.time() + limit, None
+    while time.time() < deadline:
+        rows = database.rows()
+        if rows == last:
+            break
+        last = rows
+        yield task.deferLater(reactor, quiet, lambda: None)
+    return last
+
+
+@defer.inlineCallbacks
+def measure(server, database, transport, args, offset):
+    """
+    One closed-loop run against C{server}: a dict of what it cost.
+    """
+    cpu = CPU(server.proc.pid, database)
+    before = database.rows() if database else None
+    run = yield Measured(cpu, server.port, transport, args.devices, args.seconds, offset=offset).start()
+    if database:
+        after = yield settled(database)
+        records = after - before
+    else:
+        records = run.acks * ingest.TRAFFIC.records_per_frame
+    process, backends = cpu.stop()
+    records = max(records, 1)
+    return {
+        "process": process * 1e6 / records,
+        "backends": backends * 1e6 / records,
+        "rate": records / run.elapsed,
+        "p50": ingest.percentile(run.latencies, 50) * 1000,
+        "p99": ingest.percentile(run.latencies, 99) * 1000,
+    }
+
+
+@defer.inlineCallbacks
+def repetition(url, args, workdir, results, offset):
+    servers = [("bare", ingest.Server("bare", None, workdir), None)]
+    database = Database(url)
+    servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
+    if args.default_gc:
+        servers.append(("default-gc", default_gc_server(url, workdir), database))
+    try:
+        ingest.TRAFFIC = gosafe.make(1)
+        for name, server, _ in servers:
+            server.pids = [server.proc.pid]
+            per = yield ingest.idle_sessions(server, args, [], offset)
+            offset += args.idle + 1
+            results.setdefault(("idle", name), []).append(per / 1024)
+        for label, transport, records in SCENARIOS:
+            ingest.TRAFFIC = gosafe.make(records)
+            for name, server, db in servers:
+                result = yield measure(server, db, transport, args, offset)
+                offset += args.devices
+                results.setdefault((label, name), []).append(result)
+                print(f"{label:<56} {name:<10} {result['process']:7.1f} µs/rec"
+                      f" + PG {result['backends']:5.1f}  {result['rate']:9,.0f} rec/s"
+                      f"  p50/p99 {result['p50']:.0f}/{result['p99']:.0f} ms", flush=True)
+    finally:
+        database.close()
+        for _, server, _ in servers:
+            server.stop()
+    return offset
+
+
+def default_gc_server(url, workdir):
+    """
+    A gateway started by C{bench/twistd_default_gc.py} in place of twistd.
+    """
+    bindir = tempfile.mkdtemp(dir=workdir)
+    with open(os.path.join(bindir, "twistd"), "w") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.join(HERE, "twistd_default_gc.py")}" "$@"\n')
+    os.chmod(fh.name, 0o755)
+    real, ingest.BIN = ingest.BIN, bindir
+    try:
+        return ingest.Server("trackport", url, workdir)
+    finally:
+        ingest.BIN = real
+
+
+def median(results, key, field):
+    return statistics.median(r[field] for r in results[key])
+
+
+def spread(results, key, field):
+    values = [r[field] for r in results[key]]
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def table(results, args, load):
+    lines = [
+        f"trackport perf: {args.repeat} repetition(s), {args.seconds:g} s each, {args.devices} devices,"
+        f" closed loop; medians (min–max of the CPU figures). cpus={os.cpu_count()}"
+        f" python={sys.version.split()[0]} loadavg {load[0]} -> {load[1]}",
+        "",
+        "| traffic | bare µs/rec | gateway µs/rec | PG backends µs/rec | durable rec/s (bare) "
+        "| ack p50/p99 ms (bare) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, _, _ in SCENARIOS:
+        bare, gateway = (label, "bare"), (label, "trackport")
+        lines.append(
+            f"| {label} | {spread(results, bare, 'process')} | {spread(results, gateway, 'process')}"
+            f" | {spread(results, gateway, 'backends')}"
+            f" | {median(results, gateway, 'rate'):,.0f} ({median(results, bare, 'rate'):,.0f})"
+            f" | {median(results, gateway, 'p50'):.0f} / {median(results, gateway, 'p99'):.0f}"
+            f" ({median(results, bare, 'p50'):.0f} / {median(results, bare, 'p99'):.0f}) |")
+    idle = {name: statistics.median(results[("idle", name)]) for name in ("bare", "trackport")}
+    lines += ["", f"idle TCP session: bare {idle['bare']:.2f} KB, trackport {idle['trackport']:.2f} KB"
+                  f" (RSS growth over {args.idle - max(1, args.idle // 10)} sessions, median)"]
+    if args.default_gc:
+        lines += ["", "The same gateway with CPython's default GC settings, in the same rounds:", "",
+                  "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
+                  "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
+                  "|---|---|---|---|---|---|"]
+        for label, _, _ in SCENARIOS:
+            gateway, default = (label, "trackport"), (label, "default-gc")
+            lines.append(
+                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
+                f" | {spread(results, default, 'backends')} | {median(results, default, 'rate'):,.0f}"
+                f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
+        lines.append(f"idle TCP session with the default GC: "
+                     f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+    return "\n".join(lines)
+
+
+@defer.inlineCallbacks
+def main(args):
+    workdir = tempfile.mkdtemp(prefix="trackport-perf-")
+    url, name = ingest.pg_database(args.pg)
+    results, offset = {}, 0
+    load = [open("/proc/loadavg").read().split()[0], None]
+    try:
+        for i in range(args.repeat):
+            print(f"-- repetition {i + 1}/{args.repeat}", flush=True)
+            offset = yield repetition(url, args, workdir, results, offset)
+        load[1] = open("/proc/loadavg").read().split()[0]
+        print()
+        print(table(results, args, load), flush=True)
+    finally:
+        ingest.pg_drop(args.pg, name)
+        reactor.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pg", default=os.environ.get("TRACKPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--devices", type=int, default=200)
+    ap.add_argument("--idle", type=int, default=3000, help="idle TCP sessions opened per server")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="also measure the gateway with CPython's default GC settings, interleaved")
+    ap.add_argument("--quick", action="store_true",
+                    help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
+    args = ap.parse_args()
+    if args.quick:
+        args.repeat, args.seconds, args.idle = 1, 3.0, 1000
+    ingest._raise_nofile()
+    reactor.callWhenRunning(main, args)
+    reactor.run()
