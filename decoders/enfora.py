@@ -426,7 +426,7 @@ class SkypatrolProtocol(_EnforaApi):
 
 _IMEI = re.compile(rb"(?<!\d)\d{15}")
 _RMC = re.compile(
-    rb"\$?(GPRMC,(\d{6})(?:\.\d+)?,([^,]?),([\d.]*),([NS]?),([\d.]*),([EW]?),"
+    rb"\$?(GPRMC,(\d{6})(?:\.\d+)?,([0-9A-Za-z]?),([\d.]*),([NS]?),([\d.]*),([EW]?),"
     rb"([\d.]*),([\d.]*),(\d{6})(?:,[^*\r\n]*)?)(?:\*([0-9A-Fa-f]{2}))?")
 _GGA_SENTENCE = re.compile(rb"\$?GPGGA,[^\r\n]*")
 _GGA = re.compile(rb"GPGGA,[\d.]*,[\d.]*,[NS]?,[\d.]*,[EW]?,(\d?),(\d*),([\d.]*),(-?[\d.]*),")

@@ -134,6 +134,17 @@ def test_gprmc_behind_the_skypatrol_identity_header_with_binary_trailer():
     assert not skypatrol.detect(framed, "udp").matched
 
 
+def test_non_ascii_status_is_no_gprmc_report():
+    # Found by fuzzing once a GPRMC payload names the protocol: a status byte
+    # outside ASCII must not make a report (nor escape as UnicodeDecodeError).
+    framed = (bytes.fromhex("0000020000") + b"\x00" * 4 + b"GPRMC,000000.00,\x80,0000.0000,N,00000.0000,W,,0.0,000000")
+    try:
+        records = decode(framed).records
+    except DecodeError:
+        records = ()
+    assert records == ()
+
+
 def test_keepalive_has_no_position():
     assert enfora.detect(KEEPALIVE, "udp").matched
     result = decode(KEEPALIVE)
