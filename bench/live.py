@@ -6,7 +6,9 @@ C{/api/live}, in one run against one gateway process, and print
   without the clients,
 - the feed's latency: from a frame's ack reaching its device (the records are
   committed by then) to the first client receiving its record, p50/p99,
-  beside the ack latency itself.
+  beside the ack latency itself,
+- the gateway process's CPU time per durable record (the clients run in the
+  bench process, on the same cores, so throughput alone overstates the cost).
 
 Usage: .venv/bin/python bench/live.py [--db postgresql|sqlite] [--clients 50] [--seconds 10] [--devices 100]
 """
@@ -28,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import ingest  # noqa: E402  (the load generator and servers of bench/ingest.py)
+from perf import cpu_seconds  # noqa: E402
 
 
 class Watcher(WebSocketClientProtocol):
@@ -92,11 +95,16 @@ def main(args):
         offset = 0
         for clients in (0, args.clients):
             factories = yield attach(http_port, token, clients) if clients else []
-            before = server.rows()
+            before, cpu = server.rows(), cpu_seconds(server.proc.pid)
             run = yield AckTimes(server.port, "tcp", args.devices, args.seconds, offset=offset).start()
             yield task.deferLater(reactor, 2.0, lambda: None)
-            durable = (server.rows() - before) / run.elapsed
+            rows = server.rows() - before
+            durable = rows / run.elapsed
+            # The gateway's own CPU per record: the bench process decoding every
+            # client's messages shares the same cores and skews throughput.
+            per_record = (cpu_seconds(server.proc.pid) - cpu) / max(rows, 1) * 1e6
             line = [f"{clients} live clients", f"durable {durable:,.0f} rec/s",
+                    f"gateway CPU {per_record:.1f} µs/rec",
                     f"ack p50 {ingest.percentile(run.latencies, 50) * 1000:.1f} ms",
                     f"p99 {ingest.percentile(run.latencies, 99) * 1000:.1f} ms"]
             if clients:

@@ -56,6 +56,7 @@ class Feed:
         self.hub = hub
         self.clock = clock
         self.cursor = None
+        self._behind = False
         self.clients = set()
         self._busy = False
         self._again = False
@@ -67,8 +68,18 @@ class Feed:
 
     @defer.inlineCallbacks
     def start(self):
-        self.cursor = yield threads.deferToThread(queries.last_position_id, self.engine)
+        yield self.catch_up()
         self._loop.start(self.poll, now=False)
+
+    @defer.inlineCallbacks
+    def catch_up(self):
+        """
+        Move the cursor to the last committed record: at start, and when the
+        first client comes after a time with none (what was committed meanwhile
+        reaches a client through its own C{after_id} replay, not the feed).
+        """
+        self._behind = False
+        self.cursor = yield threads.deferToThread(queries.last_position_id, self.engine)
 
     def stop(self) -> None:
         if self._loop.running:
@@ -78,6 +89,10 @@ class Feed:
 
     def wake(self) -> None:
         if self.cursor is None:
+            return
+        if not self.clients:
+            # Nobody listens: read nothing, remember that the cursor lags.
+            self._behind = True
             return
         if self._busy:
             self._again = True
@@ -163,14 +178,23 @@ class LiveProtocol(WebSocketServerProtocol):
         self.queue = deque()
         self.paused = False
         self.live = False
-        self.sent = self.after_id if self.after_id is not None else feed.cursor
         # Twisted's HTTP channel was this socket's producer until the upgrade.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
-        feed.clients.add(self)
         if self.raw is not None:
             feed.hub.taps.setdefault(self.raw, []).append(self._raw)
-        self._catch_up().addErrback(self._catch_up_failed)
+        self._join().addErrback(self._catch_up_failed)
+
+    @defer.inlineCallbacks
+    def _join(self):
+        feed = self.factory.feed
+        if feed._behind:
+            yield feed.catch_up()
+            if self.state != self.STATE_OPEN:
+                return
+        self.sent = self.after_id if self.after_id is not None else feed.cursor
+        feed.clients.add(self)
+        yield self._catch_up()
 
     @defer.inlineCallbacks
     def _catch_up(self):
