@@ -21,9 +21,8 @@ from gateway.forward.webhook import WebhookSink
 from gateway.model import Position
 from gateway.ordering import serialize_ids
 from gateway.queries import positions as query_positions
-from gateway.store import Store, engine_for, migrate
 from gateway.tap import Options
-from tests.test_store import ThreadReactor, wait_for
+from tests.test_store import store, wait_for  # noqa: F401 (store: the fixture)
 
 
 def test_forward_option_checks_every_url_before_start():
@@ -69,16 +68,6 @@ def test_webhook_signature():
     assert headers.getRawHeaders(b"X-Trackport-Signature") == [
         ("sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()).encode()]
     assert headers.getRawHeaders(b"X-Trackport-Kind") == [b"position"]
-
-
-@pytest.fixture
-def store(db_url):
-    engine = engine_for(db_url)
-    migrate(engine)
-    s = Store(engine, ThreadReactor())
-    s.start()
-    yield s
-    wait_for(s.stop())
 
 
 def rec(second, **attributes):

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.store import engine_for
 from tests.conftest import ROOT, Gateway, free_port
-from tests.test_store import Cable
+from tests.dbproxy import Proxy
 
 TOY = {"PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests", "plugins")])}
 
@@ -396,15 +396,15 @@ def test_metrics_follow_the_traffic(sqlite_api):
 
 def test_healthz_is_503_while_the_database_is_unreachable(gateway, pg_url):
     url = make_url(pg_url)
-    cable = Cable(url.host or "127.0.0.1", url.port or 5432)
+    cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
     through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
     try:
         c = Client(gateway, through)
         assert c.get("/healthz", token=None)[0] == 200
-        cable.unplug()
+        cable.refuse()
         status, body = wait_until(lambda: (lambda r: r if r[0] == 503 else None)(c.get("/healthz", token=None)))
         assert status == 503 and body["status"] == "unavailable" and body["reason"]
-        cable.plug()
+        cable.forward()
         assert wait_until(lambda: c.get("/healthz", token=None)[0] == 200)
     finally:
         cable.close()

@@ -4,7 +4,6 @@ records stored once, an outage holding records (no acks) until it ends.
 """
 
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from twisted.internet.defer import DeferredList
 from gateway import schema
 from gateway.model import Position
 from gateway.store import Overloaded, Store, engine_for, merge_settings, load_settings, migrate
+from tests.dbproxy import Proxy
 
 
 class ThreadReactor:
@@ -131,69 +131,9 @@ def test_sqlite_outage_holds_records_until_it_ends(tmp_path):
     wait_for(s.stop())
 
 
-class Cable:
-    """
-    A TCP proxy on 127.0.0.1 in front of the database server that the test can
-    unplug (every connection dropped, new ones refused) and plug back in.
-    """
-
-    def __init__(self, host, port):
-        self.target = (host, port)
-        self.plugged = True
-        self.pipes = []
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.plugged:
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            self.pipes += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a, b):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def unplug(self):
-        self.plugged = False
-        for s in self.pipes:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.pipes = []
-
-    def plug(self):
-        self.plugged = True
-
-    def close(self):
-        self.unplug()
-        self.listener.close()
-
-
 def test_postgresql_outage_holds_records_until_it_ends(pg_url):
     url = make_url(pg_url)
-    cable = Cable(url.host or "127.0.0.1", url.port or 5432)
+    cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
     through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
     engine = engine_for(through)
     migrate(engine)
@@ -202,12 +142,12 @@ def test_postgresql_outage_holds_records_until_it_ends(pg_url):
     s.start()
     try:
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
-        cable.unplug()
+        cable.refuse()
         fired = []
         s.submit("dev1", "toy", "peer", [rec(1), rec(2)]).addBoth(fired.append)
         time.sleep(1.0)
         assert fired == [] and not s.healthy and s.pending == 2
-        cable.plug()
+        cable.forward()
         deadline = time.time() + 20
         while not fired and time.time() < deadline:
             time.sleep(0.01)
