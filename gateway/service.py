@@ -253,6 +253,7 @@ class GatewayService(MultiService):
         try:
             migrate(engine)
             sync.load_all()
+            self._register_sinks(engine)
         except Exception as e:
             if engine.dialect.name == "sqlite" or not outage(e) or misconfigured(e):
                 raise
@@ -260,6 +261,7 @@ class GatewayService(MultiService):
             # wait, unacked), and start what needs the schema once it answers.
             def prepare():
                 migrate(engine)
+                self._register_sinks(engine)
                 return sync.read_all()
 
             def ready(loaded):
@@ -304,6 +306,13 @@ class GatewayService(MultiService):
                         f" devices: {self.devices}, database: {engine.url.render_as_string(hide_password=True)}"
                         f"{', forwarding to: ' + ', '.join(self.forwards) if self.forwards else ''}"
                         f"{f', http: {self.http[0]}:{self.http[1]}' if self.http else ''}")
+
+    def _register_sinks(self, engine) -> None:
+        # Before anything is stored (the writer runs this first when the
+        # database was away at start): see register_all.
+        if self.forwards:
+            from gateway.forward.outbox import register_all
+            register_all(engine, self.forwards)
 
     def discard_new_database(self) -> None:
         """

@@ -79,6 +79,17 @@ def register(connection, name: str, url: str) -> None:
                          "generation": 0}])
 
 
+def register_all(engine, forwards: Dict[str, str]) -> None:
+    """
+    Give every sink of C{forwards} its row before the gateway stores anything:
+    a sink new to the database starts after what was stored before this start,
+    never after records its own gateway took in while it was connecting.
+    """
+    with engine.begin() as connection:
+        for name, url in forwards.items():
+            register(connection, name, url)
+
+
 def read_batch(connection, name: str, limit: int) -> Batch:
     """
     The sink's cursors and what was committed after them, in id order.
