@@ -25,6 +25,8 @@ import time
 from contextlib import contextmanager
 from typing import Optional
 
+from gateway import pgdriver  # noqa: F401 - first: psycopg2 is psycopg2cffi on PyPy
+
 #: Seconds between the watchdog's looks at the calls in flight.
 TICK = 0.25
 
@@ -39,8 +41,9 @@ class DatabaseUnavailable(_DriverError):
     """
     The database did not answer in time, or the gateway is stopping.
 
-    A driver error (psycopg2's C{OperationalError}), so SQLAlchemy treats it
-    as one: the connection is invalidated, not rolled back.
+    A driver error (psycopg2's C{OperationalError}, psycopg2cffi's on PyPy),
+    so SQLAlchemy treats it as one: the connection is invalidated, not rolled
+    back.
     """
 
 
@@ -200,8 +203,13 @@ def connection_class(guard: Guard):
     class GuardedConnection(connection):
         timeout: Optional[float] = None
 
-        def __init__(self, *args, **kwargs):
+        def __new__(cls, *args, **kwargs):
+            # Refused before the object exists: psycopg2cffi's finaliser
+            # fails on a connection its __init__ never set up.
             guard.check()
+            return super().__new__(cls)
+
+        def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.guard = guard
             self.cursor_factory = GuardedCursor

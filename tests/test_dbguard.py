@@ -4,13 +4,15 @@ the connection ends the call after the limit, and closing the guard ends calls
 at once.
 """
 
+import gc
+import sys
 import threading
 import time
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from gateway.dbguard import DatabaseUnavailable
+from gateway.dbguard import DatabaseUnavailable, Guard, connection_class
 from gateway.store import engine_for
 from tests.test_faults_e2e import Proxy, proxy  # noqa: F401 (fixture)
 
@@ -55,3 +57,29 @@ def test_no_limit_but_close(pg_url):
         with engine.connect() as c:
             c.exec_driver_sql("SELECT 1")
     engine.dispose()
+
+
+def test_a_closed_guard_refuses_before_a_connection_exists():
+    """
+    No half-made connection object is left for the driver's finaliser
+    (psycopg2cffi's fails on one its constructor never set up).
+    """
+    guard = Guard(None)
+    guard.close()
+    factory = connection_class(guard)
+
+    def attempt():
+        try:
+            factory("host=127.0.0.1 dbname=test")
+        except DatabaseUnavailable as e:
+            return str(e)
+
+    unraisable = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        assert "stopping" in attempt()
+        gc.collect()
+        gc.collect()  # PyPy runs finalisers after the collection that finds them
+    finally:
+        sys.unraisablehook = hook
+    assert unraisable == []
