@@ -350,7 +350,11 @@ def tune_gc(threshold: int = GC_THRESHOLD) -> None:
     start-up made (modules, decoders, database metadata) lives as long as the
     process, so it is frozen out of every later collection, and the youngest
     generation is collected less often (docs/performance.md has the numbers).
+    PyPy's collector offers neither knob (no freeze, no thresholds): there,
+    nothing changes.
     """
+    if not hasattr(gc, "freeze"):
+        return
     gc.collect()
     gc.freeze()
     gc.set_threshold(threshold, *gc.get_threshold()[1:])

@@ -3,10 +3,14 @@ The service's process-wide settings.
 """
 
 import gc
+import platform
+
+import pytest
 
 from gateway.service import GC_THRESHOLD, tune_gc
 
 
+@pytest.mark.skipif(platform.python_implementation() != "CPython", reason="CPython's collector")
 def test_tune_gc_freezes_start_up_objects_and_collects_less_often():
     threshold = gc.get_threshold()
     try:
@@ -16,3 +20,9 @@ def test_tune_gc_freezes_start_up_objects_and_collects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+@pytest.mark.skipif(platform.python_implementation() == "CPython", reason="not CPython's collector")
+def test_tune_gc_leaves_another_collector_alone():
+    tune_gc()
+    assert gc.isenabled()
