@@ -10,6 +10,11 @@ their vectors without this repository's test tree::
     python -m gateway.conformance my_vectors.jsonl [...]
 
 The file format and the tolerances are in C{docs/records.md}, "Vector files".
+
+With C{--dump}, it prints instead what each vector decodes to, with the
+fingerprints the store would give its records, one JSON line per vector: two
+dumps (before and after a change, or from two interpreters) are compared with
+C{diff}.
 """
 
 from __future__ import annotations
@@ -100,14 +105,26 @@ def _plausible(rec):
     return t is not None and 2000 <= t.year <= 2040
 
 
-def run(vec) -> dict:
+def run(vec, records: list = None) -> dict:
     """
-    Decode a vector's frames; the decode command's JSON object.
+    Decode a vector's frames; the decode command's JSON object (the records
+    themselves added to C{records}).
     """
     transport = vec.get("transport", "any")
     transport = transport if transport in ("tcp", "udp") else "tcp"
     chunks = [bytes.fromhex(h) for h in vec["frames_hex"]]
-    return decode(chunks, transport=transport, settings=vec.get("settings") or {})
+    return decode(chunks, transport=transport, settings=vec.get("settings") or {}, records=records)
+
+
+def dump(vec) -> str:
+    """
+    One JSON line: the vector's id, the decode command's object for it, and
+    the fingerprint of each record.
+    """
+    records = []
+    out = run(vec, records)
+    return json.dumps({"id": vec["id"], "decode": out, "fingerprints": [r.fingerprint() for r in records]},
+                      sort_keys=True)
 
 
 def check(vec) -> List[str]:
@@ -150,11 +167,19 @@ def main(paths: Iterable[str], out=sys.stdout) -> int:
     """
     Check every vector of C{paths}; print one line per failing vector and a
     summary line. C{0} when all pass, C{1} otherwise, C{2} without files.
+    With C{--dump} among C{paths}, print L{dump} of every vector instead.
     """
     paths = list(paths)
+    dumping = "--dump" in paths
+    paths = [p for p in paths if p != "--dump"]
     if not paths:
-        print("usage: python -m gateway.conformance VECTORS.jsonl [...]", file=sys.stderr)
+        print("usage: python -m gateway.conformance [--dump] VECTORS.jsonl [...]", file=sys.stderr)
         return 2
+    if dumping:
+        for path in paths:
+            for vec in read(path):
+                print(dump(vec), file=out)
+        return 0
     passed = failed = 0
     for path in paths:
         for vec in read(path):

@@ -30,13 +30,15 @@ def replay(session: Session, chunks: Iterable[bytes]) -> None:
 
 
 def decode(chunks: Iterable[bytes], transport: str = "tcp",
-           settings: Optional[Mapping[str, str]] = None, decoders=None) -> dict:
+           settings: Optional[Mapping[str, str]] = None, decoders=None,
+           records: Optional[list] = None) -> dict:
     """
     Decode C{chunks} of one session and return the decode command's JSON object.
 
     @param chunks: successive pieces of a TCP stream, or UDP datagrams.
     @param settings: per-device settings that apply to whatever device the
         session turns out to be.
+    @param records: a list to which the decoded records themselves are added.
     """
     store = MemoryStore()
     hub = Hub(decoders if decoders is not None else discover(), store, Clock(),
@@ -48,6 +50,8 @@ def decode(chunks: Iterable[bytes], transport: str = "tcp",
     # The device the session spoke for first: a stream that names several
     # devices (each record is stored under its own) is reported by the first.
     device_id = next((d for d, _, _ in store.records if d is not None), session.device_id)
+    if records is not None:
+        records.extend(record for _, _, record in store.decoded)
     return {
         "protocol": session.protocol,
         "device_id": device_id,

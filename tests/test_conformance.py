@@ -5,8 +5,9 @@ repository's test tree.
 
 import io
 import json
+import re
 
-from gateway.conformance import check, main
+from gateway.conformance import check, main, run
 from tests import vectorcheck
 
 GOOD = vectorcheck.load("gosafe")[0]
@@ -38,3 +39,16 @@ def test_main_prints_failures_and_a_summary(tmp_path):
 
 def test_main_without_files_is_usage():
     assert main([]) == 2
+
+
+def test_dump_is_the_decode_output_and_the_fingerprints(tmp_path):
+    path = tmp_path / "v.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+    out = io.StringIO()
+    assert main(["--dump", str(path)], out) == 0
+    [line] = out.getvalue().splitlines()
+    dumped = json.loads(line)
+    assert dumped["id"] == GOOD["id"]
+    assert dumped["decode"] == json.loads(json.dumps(run(GOOD)))
+    assert len(dumped["fingerprints"]) == len(dumped["decode"]["records"]) >= 1
+    assert all(re.fullmatch("[0-9a-f]{32}", f) for f in dumped["fingerprints"])
