@@ -78,7 +78,11 @@ def rss_kb(pid: int) -> int:
 
 class Server:
     def __init__(self, kind: str, db: str | None, workdir: str, port: int | None = None,
-                 shared: bool = False, args=()):
+                 shared: bool = False, args=(), twistd: str | None = None):
+        """
+        @param twistd: the twistd to start the gateway with (another venv's,
+            another interpreter's); by default the one beside this Python.
+        """
         self.kind, self.db, self.port = kind, db, port or free_port()
         self.log = open(os.path.join(workdir, f"{kind}-{self.port}-{uuid.uuid4().hex[:6]}.log"), "wb")
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -86,17 +90,20 @@ class Server:
             argv = [sys.executable, os.path.join(HERE, "bare_server.py"), str(self.port), TRAFFIC.name]
             ready = "bare server ready"
         else:
-            argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "trackport", "--port", str(self.port),
+            argv = [twistd or os.path.join(BIN, "twistd"), "-n", "--pidfile=", "trackport", "--port", str(self.port),
                     "--interface", "127.0.0.1", "--db", db] + (["--reuse-port"] if shared else []) + list(args)
             ready = "trackport ready on"
         self.proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=_raise_nofile)
         path = self.log.name
+        began = time.monotonic()
         deadline = time.time() + 60
         while ready not in open(path, errors="replace").read():
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"{kind} server did not start: {open(path).read()[-2000:]}")
-            time.sleep(0.05)
+            time.sleep(0.01)
+        #: Seconds from exec to ready (to 10 ms).
+        self.startup = time.monotonic() - began
 
     def stop(self):
         self.proc.terminate()

@@ -26,8 +26,16 @@ With C{--default-gc}, a third server joins every round: the gateway with
 CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
 to measure what L{gateway.service.tune_gc} buys.
 
+With C{--compare NAME=TWISTD} (repeatable), the gateway started by another
+twistd (another venv, another interpreter: C{.venv-pypy/bin/twistd}) joins
+every round too, and a table sets it beside the default one, with each one's
+start-up time and resident memory when ready and after the round. With
+C{--warm-up SECONDS}, every traffic first runs that long on every server,
+unmeasured: a JIT (PyPy's) has compiled the hot paths before the clock starts.
+
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
-       [--devices 200] [--idle 3000] [--default-gc] [--pg postgresql://...]
+       [--devices 200] [--idle 3000] [--default-gc] [--compare NAME=TWISTD]
+       [--warm-up SECONDS] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -238,16 +246,31 @@ def measure(server, database, transport, args, offset):
 def repetition(url, args, workdir, results, offset):
     servers = [("bare", ingest.Server("bare", None, workdir), None)]
     database = Database(url)
-    servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
-    if args.default_gc:
-        servers.append(("default-gc", default_gc_server(url, workdir), database))
     try:
+        servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
+        if args.default_gc:
+            servers.append(("default-gc", default_gc_server(url, workdir), database))
+        for name, twistd in args.compare:
+            servers.append((name, ingest.Server("trackport", url, workdir, twistd=twistd), database))
+        for name, server, _ in servers:
+            results.setdefault(("startup", name), []).append(server.startup)
+            results.setdefault(("rss-ready", name), []).append(ingest.rss_kb(server.proc.pid) / 1024)
         ingest.TRAFFIC = gosafe.make(1)
         for name, server, _ in servers:
             server.pids = [server.proc.pid]
             per = yield ingest.idle_sessions(server, args, [], offset)
             offset += args.idle + 1
             results.setdefault(("idle", name), []).append(per / 1024)
+        if args.warm_up:
+            # Unmeasured: a JIT (PyPy's) compiles the hot paths first.
+            for label, transport, records in SCENARIOS:
+                ingest.TRAFFIC = gosafe.make(records)
+                for name, server, db in servers:
+                    yield Measured(CPU(server.proc.pid), server.port, transport, args.devices,
+                                   args.warm_up, offset=offset).start()
+                    offset += args.devices
+                    if db:
+                        yield settled(db)
         for label, transport, records in SCENARIOS:
             ingest.TRAFFIC = gosafe.make(records)
             for name, server, db in servers:
@@ -257,6 +280,8 @@ def repetition(url, args, workdir, results, offset):
                 print(f"{label:<56} {name:<10} {result['process']:7.1f} µs/rec"
                       f" + PG {result['backends']:5.1f}  {result['rate']:9,.0f} rec/s"
                       f"  p50/p99 {result['p50']:.0f}/{result['p99']:.0f} ms", flush=True)
+        for name, server, _ in servers:
+            results.setdefault(("rss-after", name), []).append(ingest.rss_kb(server.proc.pid) / 1024)
     finally:
         database.close()
         for _, server, _ in servers:
@@ -292,7 +317,8 @@ def table(results, args, load):
     lines = [
         f"trackport perf: {args.repeat} repetition(s), {args.seconds:g} s each, {args.devices} devices,"
         f" closed loop; medians (min–max of the CPU figures). cpus={os.cpu_count()}"
-        f" python={sys.version.split()[0]} loadavg {load[0]} -> {load[1]}",
+        f" python={sys.version.split()[0]} loadavg {load[0]} -> {load[1]}"
+        + (f"; {args.warm_up:g} s warm-up per traffic" if args.warm_up else ""),
         "",
         "| traffic | bare µs/rec | gateway µs/rec | PG backends µs/rec | durable rec/s (bare) "
         "| ack p50/p99 ms (bare) |",
@@ -322,6 +348,27 @@ def table(results, args, load):
                 f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
         lines.append(f"idle TCP session with the default GC: "
                      f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+    for name, twistd in args.compare:
+        lines += ["", f"The gateway started by {twistd} ({name}) in the same rounds, beside the default"
+                      f" one ({os.path.join(ingest.BIN, 'twistd')}):", "",
+                  f"| traffic | gateway µs/rec | {name} | PG backends µs/rec | {name} "
+                  f"| durable rec/s | {name} | ack p99 ms | {name} |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for label, _, _ in SCENARIOS:
+            gateway, other = (label, "trackport"), (label, name)
+            lines.append(
+                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, other, 'process')}"
+                f" | {spread(results, gateway, 'backends')} | {spread(results, other, 'backends')}"
+                f" | {median(results, gateway, 'rate'):,.0f} | {median(results, other, 'rate'):,.0f}"
+                f" | {median(results, gateway, 'p99'):.0f} | {median(results, other, 'p99'):.0f} |")
+        lines += [""] + [
+            f"{what}: trackport {statistics.median(results[(key, 'trackport')]):{fmt}}{unit},"
+            f" {name} {statistics.median(results[(key, name)]):{fmt}}{unit} (median)"
+            for what, key, fmt, unit in [
+                ("idle TCP session", "idle", ".2f", " KB"),
+                ("start-up (exec to ready)", "startup", ".2f", " s"),
+                ("RSS when ready", "rss-ready", ".0f", " MiB"),
+                ("RSS after the round", "rss-after", ".0f", " MiB")]]
     return "\n".join(lines)
 
 
@@ -343,6 +390,16 @@ def main(args):
         reactor.stop()
 
 
+def named(value: str):
+    """
+    C{NAME=TWISTD} as C{(NAME, TWISTD)}.
+    """
+    name, sep, twistd = value.partition("=")
+    if not (sep and name and twistd) or name in ("bare", "trackport", "default-gc"):
+        raise argparse.ArgumentTypeError(f"{value!r}: NAME=TWISTD, NAME not bare, trackport or default-gc")
+    return name, os.path.abspath(twistd)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pg", default=os.environ.get("TRACKPORT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"))
@@ -352,6 +409,12 @@ if __name__ == "__main__":
     ap.add_argument("--idle", type=int, default=3000, help="idle TCP sessions opened per server")
     ap.add_argument("--default-gc", action="store_true",
                     help="also measure the gateway with CPython's default GC settings, interleaved")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=TWISTD",
+                    type=named,
+                    help="also measure the gateway started by this twistd (another venv or"
+                         " interpreter), interleaved")
+    ap.add_argument("--warm-up", type=float, default=0.0, metavar="SECONDS",
+                    help="first run every traffic this long on every server, unmeasured")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()
