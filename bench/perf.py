@@ -31,11 +31,12 @@ twistd (another venv, another interpreter: C{.venv-pypy/bin/twistd}) joins
 every round too, and a table sets it beside the default one, with each one's
 start-up time and resident memory when ready and after the round. With
 C{--warm-up SECONDS}, every traffic first runs that long on every server,
-unmeasured: a JIT (PyPy's) has compiled the hot paths before the clock starts.
+unmeasured: a JIT (PyPy's) has compiled the hot paths before the clock starts;
+C{--curve N} measures that warm-up instead (N successive windows from start).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
        [--devices 200] [--idle 3000] [--default-gc] [--compare NAME=TWISTD]
-       [--warm-up SECONDS] [--pg postgresql://...]
+       [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -373,12 +374,44 @@ def table(results, args, load):
 
 
 @defer.inlineCallbacks
+def curve(url, args, workdir):
+    """
+    Warm-up: from start, C{args.curve} successive windows of GoSafe TCP
+    1-record traffic on each gateway, alternating (no bare server, no idle
+    sessions), one line per window.
+    """
+    database = Database(url)
+    servers = []
+    try:
+        servers.append(("trackport", ingest.Server("trackport", url, workdir)))
+        for name, twistd in args.compare:
+            servers.append((name, ingest.Server("trackport", url, workdir, twistd=twistd)))
+        ingest.TRAFFIC = gosafe.make(1)
+        offset = 0
+        for window in range(1, args.curve + 1):
+            for name, server in servers:
+                result = yield measure(server, database, "tcp", args, offset)
+                offset += args.devices
+                print(f"window {window} ({args.seconds:g} s) {name:<10} {result['process']:7.1f} µs/rec"
+                      f" + PG {result['backends']:5.1f}  {result['rate']:7,.0f} rec/s"
+                      f"  p99 {result['p99']:.0f} ms  RSS {ingest.rss_kb(server.proc.pid) // 1024} MiB",
+                      flush=True)
+    finally:
+        database.close()
+        for _, server in servers:
+            server.stop()
+
+
+@defer.inlineCallbacks
 def main(args):
     workdir = tempfile.mkdtemp(prefix="trackport-perf-")
     url, name = ingest.pg_database(args.pg)
     results, offset = {}, 0
     load = [open("/proc/loadavg").read().split()[0], None]
     try:
+        if args.curve:
+            yield curve(url, args, workdir)
+            return
         for i in range(args.repeat):
             print(f"-- repetition {i + 1}/{args.repeat}", flush=True)
             offset = yield repetition(url, args, workdir, results, offset)
@@ -415,6 +448,9 @@ if __name__ == "__main__":
                          " interpreter), interleaved")
     ap.add_argument("--warm-up", type=float, default=0.0, metavar="SECONDS",
                     help="first run every traffic this long on every server, unmeasured")
+    ap.add_argument("--curve", type=int, default=0, metavar="N",
+                    help="only this: N windows of --seconds of TCP 1-record traffic from start, per gateway"
+                         " (the default one and each --compare), alternating")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()
