@@ -24,10 +24,14 @@ and latency follow whatever else runs.
 
 With C{--default-gc}, a third server joins every round: the gateway with
 CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
-to measure what L{gateway.service.tune_gc} buys.
+to measure what L{gateway.service.tune_gc} buys. With C{--baseline DIR}, the
+gateway of another checkout joins instead (C{git worktree add /tmp/base REV}):
+an A/B of two revisions in one interleaved run. C{--only tcp,udp} keeps the
+scenarios of those transports (C{udp-new}: new source port each frame).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
-       [--devices 200] [--idle 3000] [--default-gc] [--pg postgresql://...]
+       [--devices 200] [--idle 3000] [--default-gc | --baseline DIR] [--only tcp,udp,udp-new]
+       [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -241,6 +245,8 @@ def repetition(url, args, workdir, results, offset):
     servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
     if args.default_gc:
         servers.append(("default-gc", default_gc_server(url, workdir), database))
+    if args.baseline:
+        servers.append(("baseline", ingest.Server("trackport", url, workdir, root=args.baseline), database))
     try:
         ingest.TRAFFIC = gosafe.make(1)
         for name, server, _ in servers:
@@ -248,7 +254,7 @@ def repetition(url, args, workdir, results, offset):
             per = yield ingest.idle_sessions(server, args, [], offset)
             offset += args.idle + 1
             results.setdefault(("idle", name), []).append(per / 1024)
-        for label, transport, records in SCENARIOS:
+        for label, transport, records in scenarios(args):
             ingest.TRAFFIC = gosafe.make(records)
             for name, server, db in servers:
                 result = yield measure(server, db, transport, args, offset)
@@ -279,6 +285,10 @@ def default_gc_server(url, workdir):
         ingest.BIN = real
 
 
+def scenarios(args):
+    return [s for s in SCENARIOS if not args.only or s[1] in args.only.split(",")]
+
+
 def median(results, key, field):
     return statistics.median(r[field] for r in results[key])
 
@@ -298,7 +308,7 @@ def table(results, args, load):
         "| ack p50/p99 ms (bare) |",
         "|---|---|---|---|---|---|",
     ]
-    for label, _, _ in SCENARIOS:
+    for label, _, _ in scenarios(args):
         bare, gateway = (label, "bare"), (label, "trackport")
         lines.append(
             f"| {label} | {spread(results, bare, 'process')} | {spread(results, gateway, 'process')}"
@@ -309,19 +319,21 @@ def table(results, args, load):
     idle = {name: statistics.median(results[("idle", name)]) for name in ("bare", "trackport")}
     lines += ["", f"idle TCP session: bare {idle['bare']:.2f} KB, trackport {idle['trackport']:.2f} KB"
                   f" (RSS growth over {args.idle - max(1, args.idle // 10)} sessions, median)"]
-    if args.default_gc:
-        lines += ["", "The same gateway with CPython's default GC settings, in the same rounds:", "",
-                  "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
-                  "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
+    other = "default-gc" if args.default_gc else "baseline" if args.baseline else None
+    if other:
+        what = ("The same gateway with CPython's default GC settings" if args.default_gc
+                else f"The gateway of {args.baseline}")
+        lines += ["", f"{what}, in the same rounds:", "",
+                  f"| traffic | gateway µs/rec | {other} | PG backends µs/rec ({other}) "
+                  f"| durable rec/s ({other}) | ack p50/p99 ms ({other}) |",
                   "|---|---|---|---|---|---|"]
-        for label, _, _ in SCENARIOS:
-            gateway, default = (label, "trackport"), (label, "default-gc")
+        for label, _, _ in scenarios(args):
+            gateway, default = (label, "trackport"), (label, other)
             lines.append(
                 f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
                 f" | {spread(results, default, 'backends')} | {median(results, default, 'rate'):,.0f}"
                 f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
-        lines.append(f"idle TCP session with the default GC: "
-                     f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+        lines.append(f"idle TCP session, {other}: {statistics.median(results[('idle', other)]):.2f} KB")
     return "\n".join(lines)
 
 
@@ -352,6 +364,9 @@ if __name__ == "__main__":
     ap.add_argument("--idle", type=int, default=3000, help="idle TCP sessions opened per server")
     ap.add_argument("--default-gc", action="store_true",
                     help="also measure the gateway with CPython's default GC settings, interleaved")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also measure the gateway of another checkout (an A/B of two revisions), interleaved")
+    ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated)")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()
