@@ -55,11 +55,12 @@ def isoformat(value: Optional[datetime]) -> Optional[str]:
     """
     if value is None:
         return None
-    value = _utc(value)
-    text = value.replace(tzinfo=None, microsecond=0).isoformat()
+    if value.tzinfo is not timezone.utc:
+        value = _utc(value)
+    # isoformat() starts with YYYY-MM-DDTHH:MM:SS for every datetime.
     if value.microsecond:
-        text += ".%03d" % (value.microsecond // 1000)
-    return text + "Z"
+        return f"{value.isoformat()[:19]}.{value.microsecond // 1000:03d}Z"
+    return f"{value.isoformat()[:19]}Z"
 
 
 @attrs.frozen

@@ -339,3 +339,37 @@ def test_rejected_command_lists_them_escaped(sqlite_url, capsys):
     [row] = json.loads(capsys.readouterr().out)
     assert row["device_id"] == "1\\x00\\x1b[2J" and row["hex"] == "0001726177"
     assert row["kind"] == "device_id" and row["transport"] == "udp" and row["length"] == 5
+
+
+# -- a frame's COPY lines are the reference rows, made faster --------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from gateway import storable  # noqa: E402
+from gateway.model import ALARMS  # noqa: E402
+from gateway.store import _copy_line, copy_lines, position_row  # noqa: E402
+
+_numbers = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+_records = st.builds(
+    Position,
+    time=st.one_of(st.none(), st.datetimes(timezones=st.one_of(st.none(), st.timezones()),
+                                           min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1))),
+    latitude=_numbers, longitude=_numbers, valid=st.booleans(), speed_kmh=_numbers, course=_numbers,
+    altitude_m=_numbers, alarm=st.lists(st.sampled_from(sorted(ALARMS)), max_size=3),
+    event=st.one_of(st.none(), st.text(max_size=70)),
+    attributes=st.dictionaries(st.text(max_size=6), st.one_of(st.text(max_size=8), st.integers(), _numbers),
+                               max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_records, min_size=1, max_size=4), st.text(alphabet="ab\\\t12", min_size=1, max_size=5))
+def test_copy_lines_are_the_reference_rows(records, device_id):
+    """
+    L{copy_lines} writes, for every record, the line L{_copy_line} writes for
+    L{position_row}, fingerprint included (L{Position.fingerprint}).
+    """
+    received = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    prepared = [storable.prepared(r) for r in records]
+    expected = [_copy_line(position_row(device_id, "gosafe", r, received)) for r, _ in prepared]
+    assert copy_lines(device_id, "gosafe", prepared, received) == expected
+    assert [line.rsplit("\t", 1)[1] for line in expected] == [r.fingerprint() + "\n" for r, _ in prepared]
