@@ -561,19 +561,28 @@ class Store:
 
     def submit(self, device_id: Optional[str], protocol: Optional[str], peer: str,
                records, received: Optional[datetime] = None, frame: bytes = b"",
-               transport: Optional[str] = None) -> Deferred:
+               transport: Optional[str] = None, done=None) -> Optional[Deferred]:
         """
         Queue records of one frame, made storable (L{gateway.storable}); the
         L{Deferred} fires once they are committed (or, refused by the database,
         kept raw with C{frame}), or fails with L{Overloaded} / L{StoreStopped}.
+
+        @param done: instead of a L{Deferred} (which a session pays for on
+            every frame), called with L{None} or the exception, in the reactor
+            thread; L{None} is returned.
         """
+        error = None
         if self._stopping:
-            return fail(StoreStopped("the gateway is stopping"))
-        if device_id is not None and not storable.is_device_id(device_id):
-            return fail(ValueError(f"not a device id: {storable.text(device_id, 80)!r}"))
-        if self._pending + len(records) > self.max_pending:
-            return fail(Overloaded(
-                f"{self._pending} records wait for the database (limit {self.max_pending})"))
+            error = StoreStopped("the gateway is stopping")
+        elif device_id is not None and not storable.is_device_id(device_id):
+            error = ValueError(f"not a device id: {storable.text(device_id, 80)!r}")
+        elif self._pending + len(records) > self.max_pending:
+            error = Overloaded(f"{self._pending} records wait for the database (limit {self.max_pending})")
+        if error is not None:
+            if done is None:
+                return fail(error)
+            done(error)
+            return None
         protocol = storable.text(protocol, storable.PROTOCOL_MAX)
         received = received or now()
         # Rows are built here, on the reactor thread, so the writer thread
@@ -588,14 +597,14 @@ class Store:
                         for r, attributes_json in prepared]
         except Exception:
             rows = None  # the writer tries again record by record, and keeps what fails
+        d = Deferred() if done is None else done
         with self._cond:
-            d = Deferred()
             self._queue.append(_Submission(
                 device_id, protocol, storable.text(peer, storable.PEER_MAX),
                 transport, records, received, d, bytes(frame or b""), rows))
             self._pending += len(records)
             self._cond.notify()
-        return d
+        return d if done is None else None
 
     def reject(self, kind: str, reason: str, transport=None, peer=None, protocol=None,
                device_id=None, frame: bytes = b"", detail=None) -> Deferred:
@@ -819,7 +828,13 @@ class Store:
     @staticmethod
     def _fire(deferreds, error) -> None:
         for d in deferreds:
-            if error is None:
+            if type(d) is not Deferred:
+                try:
+                    d(error)
+                except Exception:
+                    # One session's failure must not keep the others' acks.
+                    log.failure("a session failed on its stored records")
+            elif error is None:
                 d.callback(None)
             else:
                 d.errback(error)
