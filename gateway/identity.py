@@ -146,8 +146,14 @@ class Claims:
         active = sorted(((c.first, c.last, s) for s, c in self._claims.get(device_id, {}).items()
                          if s.open and now - c.last <= self.window), key=lambda t: t[0])
         for i, (first_a, last_a, a) in enumerate(active):
-            for first_b, last_b, b in active[i + 1:]:
-                if a.peer != b.peer and last_a >= first_b:
+            for j in range(i + 1, len(active)):
+                first_b, _, b = active[j]
+                if first_b > last_a:
+                    # Later ones started later still: a device whose every
+                    # frame comes from a new port (a NAT) costs one look, not
+                    # one per pair of its sessions.
+                    break
+                if a.peer != b.peer:
                     return a, b
         return None
 

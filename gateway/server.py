@@ -271,6 +271,9 @@ class DatagramEndpoint(DatagramProtocol):
         self.hub = hub
         self.max_peers = max_peers
         self.sessions: Dict[Tuple, Session] = {}
+        #: The decoder that took the last datagram from each host (see
+        #: L{Session.datagram_received}'s hint).
+        self.decoders: Dict[str, object] = {}
         self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget)
         self._full = Budget(hub.clock, 1, 10.0, lambda n: log.warn(
             "{n} more datagrams from new peers not acked: peer table full", n=n))
@@ -305,11 +308,15 @@ class DatagramEndpoint(DatagramProtocol):
                 return
             session = Session(self.hub, "udp", _peer(addr),
                               lambda payload: self._send(payload, addr), lambda: self._drop(addr))
-            session.datagram_received(data)
+            host = addr[0]
+            session.datagram_received(data, self.decoders.get(host))
             # Only a peer that spoke a known protocol is remembered: garbage
             # from many (possibly spoofed) addresses costs no memory.
             if session.decoder is not None and session.open:
                 self.sessions[addr] = session
+                if len(self.decoders) >= self.max_peers:
+                    self.decoders.clear()
+                self.decoders[host] = session.decoder
             return
         session.datagram_received(data)
 

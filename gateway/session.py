@@ -167,10 +167,14 @@ class Session:
         if self._busy():
             self._hold()
 
-    def datagram_received(self, data: bytes) -> None:
+    def datagram_received(self, data: bytes, hint=None) -> None:
         """
         UDP: one datagram. Each is detected on its own; the decoder that took
         the last one is asked first, but must still claim it.
+
+        @param hint: for a new peer, the decoder that took the last datagram
+            from its host (a device behind a NAT that changes its port): it
+            is taken without asking the others if it matches conclusively.
         """
         self.last_seen = self.hub.clock.seconds()
         if self._busy():
@@ -179,7 +183,9 @@ class Session:
                            garbage=False)
             return
         decoder = self.decoder
-        if decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
+        if decoder is None and hint is not None and self.hub.detector.conclusive(hint, data, "udp"):
+            self._bind_decoder(hint)
+        elif decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
             detection = self.hub.detector.detect(data, "udp", final=True)
             if detection.decoder is None:
                 self.hub.unknown(self, data)
