@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import resource
 import socket
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
@@ -50,34 +50,6 @@ def _peer(address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def direct_write(tcp) -> Callable[[bytes], None]:
-    """
-    C{tcp.write}, but bytes that find nothing queued before them are sent at
-    once: an ack is one C{send}, where Twisted's write would register the
-    socket for writability and send on the reactor's next turn (two
-    C{epoll_ctl} calls and a turn per ack). What the socket does not take
-    goes to Twisted's buffer, which then handles it as usual.
-    """
-    sock = getattr(tcp, "socket", None)
-    if sock is None or not hasattr(tcp, "_tempDataLen"):
-        return tcp.write  # not a socket transport (a test's, or a wrapper)
-    send, write = sock.send, tcp.write
-
-    def direct(data: bytes) -> None:
-        if (not tcp._tempDataLen and not tcp.dataBuffer and tcp.connected
-                and not tcp.disconnecting and not tcp._writeDisconnected):
-            try:
-                sent = send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error Twisted meets on its own write
-            if sent == len(data):
-                return
-            data = data[sent:]
-        write(data)
-
-    return direct
-
-
 class StreamProtocol(Protocol):
     """
     One TCP connection: one session.
@@ -102,11 +74,32 @@ class StreamProtocol(Protocol):
         # log flood. The session logs once its protocol is known.
         transport, tcp = self.transport, self.tcp
         self.proxied = self.factory.proxy_protocol
-        write = transport.write if self.proxied else direct_write(tcp)
+        direct = not self.proxied and hasattr(tcp, "_tempDataLen") and hasattr(tcp, "socket")
+        write = self._write_now if direct else transport.write
         self.session = Session(self.factory.hub, "tcp", _peer(transport.getPeer()),
                                write, transport.loseConnection,
                                pause=tcp.pauseProducing, resume=tcp.resumeProducing)
         self.factory.opened(self)
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        C{transport.write}, but bytes that find nothing queued before them
+        are sent at once: an ack is one C{send}, where Twisted's write would
+        register the socket for writability and send on the reactor's next
+        turn (two C{epoll_ctl} calls and a turn per ack). What the socket does
+        not take goes to Twisted's buffer, which handles it as usual.
+        """
+        tcp = self.transport
+        if (not tcp._tempDataLen and not tcp.dataBuffer and tcp.connected
+                and not tcp.disconnecting and not tcp._writeDisconnected):
+            try:
+                sent = tcp.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error Twisted meets on its own write
+            if sent == len(data):
+                return
+            data = data[sent:]
+        tcp.write(data)
 
     def dataReceived(self, data):
         session = self.session

@@ -54,6 +54,7 @@ GARBAGE_BYTES = 64 * 1024
 GARBAGE_SHARE = 0.75
 
 _serial = itertools.count(1)
+_NEVER = float("-inf")
 
 
 class _Reply:
@@ -140,7 +141,7 @@ class Session:
                               if transport == "tcp" else None)
         self._commands_wait = False
         #: When the hub last told the store this session's device was seen.
-        self.touched = float("-inf")
+        self.touched = _NEVER
 
     @property
     def protocol(self) -> Optional[str]:
@@ -250,7 +251,7 @@ class Session:
 
     def _bind_decoder(self, decoder) -> None:
         self.decoder = decoder
-        self.touched = float("-inf")
+        self.touched = _NEVER
         self.context.state.clear()
         if self.transport != "udp":
             log.info("session {transport} {peer}: protocol {protocol}",
@@ -333,7 +334,7 @@ class Session:
 
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
-        self.touched = float("-inf")
+        self.touched = _NEVER
         self.context.device_id = device_id
         # Not per UDP peer: a device behind a NAT may send every frame from a
         # new port, and logging each cost as much as the frame itself.

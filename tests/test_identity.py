@@ -120,7 +120,7 @@ def test_conflict_is_the_first_overlapping_pair(steps, peers):
         clock.advance(delay)
         c.claim(sessions[index], "dev")
     now = clock.seconds()
-    active = sorted(((cl.first, cl.last, s) for s, cl in c._claims.get("dev", {}).items()
+    active = sorted(((cl.first, cl.last, s) for s, cl in c._claimants("dev").items()
                      if now - cl.last <= c.window), key=lambda t: t[0])
     expected = None
     for i, (_, last_a, a) in enumerate(active):
