@@ -309,6 +309,9 @@ def rejected_row(kind: str, reason: str, transport=None, peer=None, protocol=Non
             "length": len(frame), "data": frame[:REJECTED_BYTES]}
 
 
+#: Device ids and texts (peers, protocol names) remembered as storable.
+_MEMO_MAX = 10_000
+
 #: Seconds a source (device, or peer without a device id) whose records the
 #: database refused stays suspect: its frames are written apart from others'.
 SUSPECT_SECONDS = 600.0
@@ -525,6 +528,8 @@ class Store:
         self._giving_up = False
         self._conn = None
         self._known: set = set()
+        self._ids: set = set()
+        self._texts: Dict[Optional[str], tuple] = {}
         self._seen: Dict[str, tuple] = {}
         self._seen_flushed = 0.0
         self._down_since: Optional[float] = None
@@ -574,7 +579,7 @@ class Store:
         error = None
         if self._stopping:
             error = StoreStopped("the gateway is stopping")
-        elif device_id is not None and not storable.is_device_id(device_id):
+        elif device_id is not None and device_id not in self._ids and not self._is_id(device_id):
             error = ValueError(f"not a device id: {storable.text(device_id, 80)!r}")
         elif self._pending + len(records) > self.max_pending:
             error = Overloaded(f"{self._pending} records wait for the database (limit {self.max_pending})")
@@ -583,7 +588,7 @@ class Store:
                 return fail(error)
             done(error)
             return None
-        protocol = storable.text(protocol, storable.PROTOCOL_MAX)
+        protocol = self._text(protocol, storable.PROTOCOL_MAX)
         received = received or now()
         # Rows are built here, on the reactor thread, so the writer thread
         # holds the interpreter lock for little more than the database call.
@@ -600,11 +605,29 @@ class Store:
         d = Deferred() if done is None else done
         with self._cond:
             self._queue.append(_Submission(
-                device_id, protocol, storable.text(peer, storable.PEER_MAX),
+                device_id, protocol, self._text(peer, storable.PEER_MAX),
                 transport, records, received, d, bytes(frame or b""), rows))
             self._pending += len(records)
             self._cond.notify()
         return d if done is None else None
+
+    def _is_id(self, device_id) -> bool:
+        # Ids found good are remembered: one set lookup a frame, not a match.
+        if not storable.is_device_id(device_id):
+            return False
+        if len(self._ids) >= _MEMO_MAX:
+            self._ids.clear()
+        self._ids.add(device_id)
+        return True
+
+    def _text(self, value: Optional[str], limit: int) -> Optional[str]:
+        # Peers and protocol names repeat frame after frame: made storable once.
+        made = self._texts.get(value)
+        if made is None:
+            if len(self._texts) >= _MEMO_MAX:
+                self._texts.clear()
+            made = self._texts[value] = (limit, storable.text(value, limit))
+        return made[1] if made[0] == limit else storable.text(value, limit)
 
     def reject(self, kind: str, reason: str, transport=None, peer=None, protocol=None,
                device_id=None, frame: bytes = b"", detail=None) -> Deferred:
