@@ -83,6 +83,37 @@ def test_resent_record_stored_once_same_time_different_record_kept(store):
     assert count(store.engine) == 4
 
 
+def test_a_batch_holding_stored_records_stores_each_once(db_url):
+    # PostgreSQL COPYs a batch straight into positions; one that holds a
+    # record stored already (or the same record twice) is merged instead,
+    # also while a refused record is searched for, part by part.
+    engine = engine_for(db_url)
+    migrate(engine)
+    _refuse(engine)
+    first = Store(engine, ThreadReactor())
+    first.start()
+    assert wait_for(first.submit("dev1", "toy", "p", [rec(0), rec(1)])) is None
+    wait_for(first.stop())
+    for batch, rows, rejected in [
+            ([("dev1", [rec(1), rec(2)]), ("dev2", [rec(1)]), ("dev1", [rec(2)]), ("dev3", [rec(3)])], 5, 0),
+            ([("dev1", [rec(2), rec(4)]), ("devp", [rec(5, event="refused")]), ("dev2", [rec(1)])], 6, 1),
+            ([("dev3", [rec(3)])], 6, 1)]:
+        s = Store(engine, ThreadReactor())
+        # Queued before the writer runs: one batch.
+        ds = [s.submit(device, "toy", "p", records) for device, records in batch]
+        s.start()
+        try:
+            assert [wait_for(d) for d in ds] == [None] * len(ds)
+        finally:
+            wait_for(s.stop())
+        assert (count(engine), count(engine, schema.rejected_records)) == (rows, rejected)
+    p = schema.positions.c
+    with engine.connect() as c:
+        stored = c.execute(select(p.device_id, p.time).order_by(p.id)).all()
+    assert [(d, t.second) for d, t in stored] == [
+        ("dev1", 0), ("dev1", 1), ("dev1", 2), ("dev2", 1), ("dev3", 3), ("dev1", 4)]
+
+
 def test_many_submissions_are_batched(store):
     ds = [store.submit(f"dev{i % 7}", "toy", "peer", [rec(i % 60, speed_kmh=float(i))])
           for i in range(3000)]
