@@ -78,14 +78,10 @@ def rss_kb(pid: int) -> int:
 
 class Server:
     def __init__(self, kind: str, db: str | None, workdir: str, port: int | None = None,
-                 shared: bool = False, args=(), root: str | None = None):
-        """
-        @param root: run the gateway of this checkout (another revision, for
-            an A/B comparison) instead of this one.
-        """
+                 shared: bool = False, args=()):
         self.kind, self.db, self.port = kind, db, port or free_port()
         self.log = open(os.path.join(workdir, f"{kind}-{self.port}-{uuid.uuid4().hex[:6]}.log"), "wb")
-        env = dict(os.environ, PYTHONPATH=root or ROOT)
+        env = dict(os.environ, PYTHONPATH=ROOT)
         if kind == "bare":
             argv = [sys.executable, os.path.join(HERE, "bare_server.py"), str(self.port), TRAFFIC.name]
             ready = "bare server ready"

@@ -24,13 +24,14 @@ and latency follow whatever else runs.
 
 With C{--default-gc}, a third server joins every round: the gateway with
 CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
-to measure what L{gateway.service.tune_gc} buys. With C{--baseline DIR}, the
-gateway of another checkout joins instead (C{git worktree add /tmp/base REV}):
-an A/B of two revisions in one interleaved run. C{--only tcp,udp} keeps the
-scenarios of those transports (C{udp-new}: new source port each frame).
+to measure what L{gateway.service.tune_gc} buys. With C{--baseline SRC}, a
+gateway run from another checkout (the code before a change) joins every
+round instead, on a database of its own: before and after, interleaved.
+C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
+source port each frame).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
-       [--devices 200] [--idle 3000] [--default-gc | --baseline DIR] [--only tcp,udp,udp-new]
+       [--devices 200] [--idle 3000] [--default-gc] [--baseline SRC] [--only tcp,udp,udp-new]
        [--pg postgresql://...]
 """
 
@@ -239,14 +240,15 @@ def measure(server, database, transport, args, offset):
 
 
 @defer.inlineCallbacks
-def repetition(url, args, workdir, results, offset):
+def repetition(url, args, workdir, results, offset, baseline_url=None):
     servers = [("bare", ingest.Server("bare", None, workdir), None)]
     database = Database(url)
     servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
     if args.default_gc:
         servers.append(("default-gc", default_gc_server(url, workdir), database))
-    if args.baseline:
-        servers.append(("baseline", ingest.Server("trackport", url, workdir, root=args.baseline), database))
+    if baseline_url:
+        servers.append(("baseline", baseline_server(baseline_url, workdir, args.baseline),
+                        Database(baseline_url)))
     try:
         ingest.TRAFFIC = gosafe.make(1)
         for name, server, _ in servers:
@@ -264,10 +266,23 @@ def repetition(url, args, workdir, results, offset):
                       f" + PG {result['backends']:5.1f}  {result['rate']:9,.0f} rec/s"
                       f"  p50/p99 {result['p50']:.0f}/{result['p99']:.0f} ms", flush=True)
     finally:
-        database.close()
-        for _, server, _ in servers:
+        for _, server, db in servers:
             server.stop()
+            if db is not None and db is not database:
+                db.close()
+        database.close()
     return offset
+
+
+def baseline_server(url, workdir, source):
+    """
+    A gateway running the code of the checkout C{source}.
+    """
+    real, ingest.ROOT = ingest.ROOT, os.path.abspath(source)
+    try:
+        return ingest.Server("trackport", url, workdir)
+    finally:
+        ingest.ROOT = real
 
 
 def default_gc_server(url, workdir):
@@ -319,21 +334,34 @@ def table(results, args, load):
     idle = {name: statistics.median(results[("idle", name)]) for name in ("bare", "trackport")}
     lines += ["", f"idle TCP session: bare {idle['bare']:.2f} KB, trackport {idle['trackport']:.2f} KB"
                   f" (RSS growth over {args.idle - max(1, args.idle // 10)} sessions, median)"]
-    other = "default-gc" if args.default_gc else "baseline" if args.baseline else None
-    if other:
-        what = ("The same gateway with CPython's default GC settings" if args.default_gc
-                else f"The gateway of {args.baseline}")
-        lines += ["", f"{what}, in the same rounds:", "",
-                  f"| traffic | gateway µs/rec | {other} | PG backends µs/rec ({other}) "
-                  f"| durable rec/s ({other}) | ack p50/p99 ms ({other}) |",
+    if args.default_gc:
+        lines += ["", "The same gateway with CPython's default GC settings, in the same rounds:", "",
+                  "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
+                  "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
                   "|---|---|---|---|---|---|"]
         for label, _, _ in scenarios(args):
-            gateway, default = (label, "trackport"), (label, other)
+            gateway, default = (label, "trackport"), (label, "default-gc")
             lines.append(
                 f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
                 f" | {spread(results, default, 'backends')} | {median(results, default, 'rate'):,.0f}"
                 f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
-        lines.append(f"idle TCP session, {other}: {statistics.median(results[('idle', other)]):.2f} KB")
+        lines.append(f"idle TCP session with the default GC: "
+                     f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+    if args.baseline:
+        lines += ["", f"The gateway of {args.baseline} (baseline), on a database of its own, in the same rounds:",
+                  "", "| traffic | gateway µs/rec | baseline | PG backends µs/rec | baseline "
+                  "| durable rec/s (baseline) | ack p50/p99 ms (baseline) |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, _, _ in scenarios(args):
+            gateway, base = (label, "trackport"), (label, "baseline")
+            lines.append(
+                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, base, 'process')}"
+                f" | {spread(results, gateway, 'backends')} | {spread(results, base, 'backends')}"
+                f" | {median(results, gateway, 'rate'):,.0f} ({median(results, base, 'rate'):,.0f})"
+                f" | {median(results, gateway, 'p50'):.0f} / {median(results, gateway, 'p99'):.0f}"
+                f" ({median(results, base, 'p50'):.0f} / {median(results, base, 'p99'):.0f}) |")
+        lines.append(f"idle TCP session of the baseline: "
+                     f"{statistics.median(results[('idle', 'baseline')]):.2f} KB")
     return "\n".join(lines)
 
 
@@ -341,17 +369,20 @@ def table(results, args, load):
 def main(args):
     workdir = tempfile.mkdtemp(prefix="trackport-perf-")
     url, name = ingest.pg_database(args.pg)
+    baseline_url, baseline_name = ingest.pg_database(args.pg) if args.baseline else (None, None)
     results, offset = {}, 0
     load = [open("/proc/loadavg").read().split()[0], None]
     try:
         for i in range(args.repeat):
             print(f"-- repetition {i + 1}/{args.repeat}", flush=True)
-            offset = yield repetition(url, args, workdir, results, offset)
+            offset = yield repetition(url, args, workdir, results, offset, baseline_url)
         load[1] = open("/proc/loadavg").read().split()[0]
         print()
         print(table(results, args, load), flush=True)
     finally:
         ingest.pg_drop(args.pg, name)
+        if baseline_name:
+            ingest.pg_drop(args.pg, baseline_name)
         reactor.stop()
 
 
@@ -364,8 +395,9 @@ if __name__ == "__main__":
     ap.add_argument("--idle", type=int, default=3000, help="idle TCP sessions opened per server")
     ap.add_argument("--default-gc", action="store_true",
                     help="also measure the gateway with CPython's default GC settings, interleaved")
-    ap.add_argument("--baseline", metavar="DIR",
-                    help="also measure the gateway of another checkout (an A/B of two revisions), interleaved")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also measure the gateway of another checkout (the code before a change), "
+                         "on a database of its own, interleaved")
     ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated)")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
