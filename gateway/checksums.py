@@ -44,6 +44,10 @@ def _table(poly: int, reflected: bool) -> tuple:
 _REVERSED = bytes(_reflect(b, 8) for b in range(256))
 
 
+def _reflect16(value: int) -> int:
+    return (_REVERSED[value & 0xFF] << 8) | _REVERSED[value >> 8]
+
+
 @lru_cache(maxsize=None)
 def _word_table(poly: int) -> array.array:
     """
@@ -83,8 +87,8 @@ def crc16(data: bytes, poly: int, init: int, reflected: bool, xorout: int = 0) -
     if poly == 0x1021:
         if not reflected:
             return binascii.crc_hqx(data, init) ^ xorout
-        crc = binascii.crc_hqx(bytes(data).translate(_REVERSED), _reflect(init, 16))
-        return ((_REVERSED[crc & 0xFF] << 8) | _REVERSED[crc >> 8]) ^ xorout
+        crc = binascii.crc_hqx(bytes(data).translate(_REVERSED), _reflect16(init))
+        return _reflect16(crc) ^ xorout
     if reflected:
         return _reflected_words(data, poly, init) ^ xorout
     table = _table(poly, reflected)
