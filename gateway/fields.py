@@ -90,7 +90,8 @@ def nmea_degrees(text: str) -> float:
     if negative:
         text = text[1:]
     whole, _, fraction = text.partition(".")
-    if not digits(whole) or (fraction and not digits(fraction)):
+    if not (whole.isascii() and whole.isdigit()) or (
+            fraction and not (fraction.isascii() and fraction.isdigit())):
         raise DecodeError(f"not a coordinate: {text!r}")
     degrees = int(whole[:-2] or "0")
     minutes = float(whole[-2:] + "." + (fraction or "0"))
