@@ -275,16 +275,22 @@ _GEOFENCES = frozenset({175, 155, 156, 157, 158, 159})
 _OVERSPEED = 255
 
 
-#: The IOs L{_fmb_io} reads; it leaves every other one as it is.
-_FMB_IDS = frozenset([*_TEMPERATURES, *_NAMED, _IBUTTON, *(i for i, _ in _VALUE_ALARMS), *_GEOFENCES,
+#: The IOs L{_fmb_io} reads beyond L{_NAMED}'s; it leaves every other one as
+#: it is. None of them is named.
+_FMB_IDS = frozenset([*_TEMPERATURES, _IBUTTON, *(i for i, _ in _VALUE_ALARMS), *_GEOFENCES,
                       _OVERSPEED])
+assert not _FMB_IDS & _NAMED.keys()
+
+#: The raw attribute names of one-byte IO ids, made once.
+_IO_NAMES = tuple(f"io{ident}" for ident in range(256))
 
 
 def _fmb_io(ident: int, size: int, value: bytes, number: int, event: int, attributes: dict,
             alarms: list) -> None:
     """
-    The FMB dictionary's reading of one fixed-size IO (up to 8 bytes), whose
-    unsigned value is C{number}, into C{attributes} and C{alarms}.
+    The FMB dictionary's reading of one fixed-size IO (up to 8 bytes) of
+    L{_FMB_IDS}, whose unsigned value is C{number}, into C{attributes} and
+    C{alarms}. L{_record} converts the L{_NAMED} ones itself.
     """
     if ident in _TEMPERATURES:
         tenths = _signed(number, size)
@@ -292,10 +298,7 @@ def _fmb_io(ident: int, size: int, value: bytes, number: int, event: int, attrib
         if -550 <= tenths <= 1150:
             attributes[f"temp{_TEMPERATURES[ident]}_c"] = tenths / 10
         return
-    named = _NAMED.get(ident)
-    if named is not None and named[0] == size:
-        attributes[named[1]] = named[2](number)
-    elif ident == _IBUTTON and size == 8 and number:
+    if ident == _IBUTTON and size == 8 and number:
         # The iButton id comes least significant byte first.
         attributes["driver_id"] = value[::-1].hex().upper()
     if size != 1:
@@ -345,13 +348,19 @@ def _record(raw: _RawRecord, fmb: bool, marks: dict) -> Position:
     event = raw.event
     from_bytes = int.from_bytes
     for ident, size, value in raw.ios:
+        name = _IO_NAMES[ident] if ident < 256 else f"io{ident}"
         if size is not None and size <= 8:
             # Fixed sizes up to 8 bytes are unsigned integers; the rest lowercase hex.
-            number = attributes[f"io{ident}"] = value[0] if size == 1 else from_bytes(value, "big")
-            if fmb and ident in _FMB_IDS:
-                _fmb_io(ident, size, value, number, event, attributes, alarms)
+            number = attributes[name] = value[0] if size == 1 else from_bytes(value, "big")
+            if fmb:
+                named = _NAMED.get(ident)
+                if named is not None:
+                    if named[0] == size:
+                        attributes[named[1]] = named[2](number)
+                elif ident in _FMB_IDS:
+                    _fmb_io(ident, size, value, number, event, attributes, alarms)
         else:
-            attributes[f"io{ident}"] = value.hex()
+            attributes[name] = value.hex()
     return Position(time, latitude, longitude, satellites > 0 and latitude is not None,
                     float(speed), float(angle), float(altitude), alarms, str(event), attributes)
 
