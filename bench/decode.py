@@ -42,6 +42,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+#: The one simulated device.
+IMEI = "860000000000019"
+
 
 def cases(names):
     """
@@ -98,9 +101,6 @@ def measure(decoder, traffic, transport, frames, repetitions):
     if records != traffic.records_per_frame * len(frames):
         raise RuntimeError(f"{traffic.name}: {records} records from {len(frames)} frames")
     return [batch()[0] for _ in range(repetitions)], records
-
-
-IMEI = "860000000000019"
 
 
 def run(args):

@@ -30,7 +30,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.checksums import luhn_valid, xor8
-from gateway.fields import bcd_int, bit, bits, is_bcd, utc
+from gateway.fields import bcd_int, bit, is_bcd, utc
 from gateway.hexdump import hexdump
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
@@ -382,7 +382,7 @@ def location(body: bytes, offset: timedelta, archive: Optional[bool] = None) -> 
     if len(body) < 28:
         raise DecodeError(f"location body of {len(body)} bytes, 28 needed")
     alarm, status, lat, lon, altitude, speed, course = _BASIC.unpack_from(body)
-    # The status bits, tested in place (spec table 24).
+    # The status bits, tested in place.
     a = {"ignition": bool(status & 1), "jt808.oil_cut": bool(status & 0x400),
          "jt808.power_cut_relay": bool(status & 0x800), "jt808.doors_locked": bool(status & 0x1000),
          "jt808.alarm": alarm, "jt808.status": status}
