@@ -29,12 +29,19 @@ COMMAND_TYPES = frozenset(
 )
 
 
+_UTC = timezone.utc
+
+
 def _utc(value: Optional[datetime]) -> Optional[datetime]:
     if value is None:
         return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    tzinfo = value.tzinfo
+    if tzinfo is _UTC:
+        # What every decoder makes; astimezone() would return it as it is.
+        return value
+    if tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value.astimezone(_UTC)
 
 
 def _alarms(value) -> Tuple[str, ...]:
