@@ -24,7 +24,11 @@ and latency follow whatever else runs.
 
 With C{--default-gc}, a third server joins every round: the gateway with
 CPython's default garbage collector settings (C{bench/twistd_default_gc.py}),
-to measure what L{gateway.service.tune_gc} buys.
+to measure what L{gateway.service.tune_gc} buys. With C{--baseline SRC}, a
+gateway run from another checkout (the code before a change) joins every
+round instead, on a database of its own: before and after, interleaved.
+C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
+source port each frame).
 
 With C{--compare NAME=TWISTD} (repeatable), the gateway started by another
 twistd (another venv, another interpreter: C{.venv-pypy/bin/twistd}) joins
@@ -35,8 +39,8 @@ unmeasured: a JIT (PyPy's) has compiled the hot paths before the clock starts;
 C{--curve N} measures that warm-up instead (N successive windows from start).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
-       [--devices 200] [--idle 3000] [--default-gc] [--compare NAME=TWISTD]
-       [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
+       [--devices 200] [--idle 3000] [--default-gc] [--baseline SRC] [--only tcp,udp,udp-new]
+       [--compare NAME=TWISTD] [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -244,13 +248,16 @@ def measure(server, database, transport, args, offset):
 
 
 @defer.inlineCallbacks
-def repetition(url, args, workdir, results, offset):
+def repetition(url, args, workdir, results, offset, baseline_url=None):
     servers = [("bare", ingest.Server("bare", None, workdir), None)]
     database = Database(url)
     try:
         servers.append(("trackport", ingest.Server("trackport", url, workdir), database))
         if args.default_gc:
             servers.append(("default-gc", default_gc_server(url, workdir), database))
+        if baseline_url:
+            servers.append(("baseline", baseline_server(baseline_url, workdir, args.baseline),
+                            Database(baseline_url)))
         for name, twistd in args.compare:
             servers.append((name, ingest.Server("trackport", url, workdir, twistd=twistd), database))
         for name, server, _ in servers:
@@ -264,7 +271,7 @@ def repetition(url, args, workdir, results, offset):
             results.setdefault(("idle", name), []).append(per / 1024)
         if args.warm_up:
             # Unmeasured: a JIT (PyPy's) compiles the hot paths first.
-            for label, transport, records in SCENARIOS:
+            for label, transport, records in scenarios(args):
                 ingest.TRAFFIC = gosafe.make(records)
                 for name, server, db in servers:
                     yield Measured(CPU(server.proc.pid), server.port, transport, args.devices,
@@ -272,7 +279,7 @@ def repetition(url, args, workdir, results, offset):
                     offset += args.devices
                     if db:
                         yield settled(db)
-        for label, transport, records in SCENARIOS:
+        for label, transport, records in scenarios(args):
             ingest.TRAFFIC = gosafe.make(records)
             for name, server, db in servers:
                 result = yield measure(server, db, transport, args, offset)
@@ -284,10 +291,23 @@ def repetition(url, args, workdir, results, offset):
         for name, server, _ in servers:
             results.setdefault(("rss-after", name), []).append(ingest.rss_kb(server.proc.pid) / 1024)
     finally:
-        database.close()
-        for _, server, _ in servers:
+        for _, server, db in servers:
             server.stop()
+            if db is not None and db is not database:
+                db.close()
+        database.close()
     return offset
+
+
+def baseline_server(url, workdir, source):
+    """
+    A gateway running the code of the checkout C{source}.
+    """
+    real, ingest.ROOT = ingest.ROOT, os.path.abspath(source)
+    try:
+        return ingest.Server("trackport", url, workdir)
+    finally:
+        ingest.ROOT = real
 
 
 def default_gc_server(url, workdir):
@@ -303,6 +323,10 @@ def default_gc_server(url, workdir):
         return ingest.Server("trackport", url, workdir)
     finally:
         ingest.BIN = real
+
+
+def scenarios(args):
+    return [s for s in SCENARIOS if not args.only or s[1] in args.only.split(",")]
 
 
 def median(results, key, field):
@@ -325,7 +349,7 @@ def table(results, args, load):
         "| ack p50/p99 ms (bare) |",
         "|---|---|---|---|---|---|",
     ]
-    for label, _, _ in SCENARIOS:
+    for label, _, _ in scenarios(args):
         bare, gateway = (label, "bare"), (label, "trackport")
         lines.append(
             f"| {label} | {spread(results, bare, 'process')} | {spread(results, gateway, 'process')}"
@@ -341,7 +365,7 @@ def table(results, args, load):
                   "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
                   "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
                   "|---|---|---|---|---|---|"]
-        for label, _, _ in SCENARIOS:
+        for label, _, _ in scenarios(args):
             gateway, default = (label, "trackport"), (label, "default-gc")
             lines.append(
                 f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
@@ -349,13 +373,28 @@ def table(results, args, load):
                 f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
         lines.append(f"idle TCP session with the default GC: "
                      f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+    if args.baseline:
+        lines += ["", f"The gateway of {args.baseline} (baseline), on a database of its own, in the same rounds:",
+                  "", "| traffic | gateway µs/rec | baseline | PG backends µs/rec | baseline "
+                  "| durable rec/s (baseline) | ack p50/p99 ms (baseline) |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, _, _ in scenarios(args):
+            gateway, base = (label, "trackport"), (label, "baseline")
+            lines.append(
+                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, base, 'process')}"
+                f" | {spread(results, gateway, 'backends')} | {spread(results, base, 'backends')}"
+                f" | {median(results, gateway, 'rate'):,.0f} ({median(results, base, 'rate'):,.0f})"
+                f" | {median(results, gateway, 'p50'):.0f} / {median(results, gateway, 'p99'):.0f}"
+                f" ({median(results, base, 'p50'):.0f} / {median(results, base, 'p99'):.0f}) |")
+        lines.append(f"idle TCP session of the baseline: "
+                     f"{statistics.median(results[('idle', 'baseline')]):.2f} KB")
     for name, twistd in args.compare:
         lines += ["", f"The gateway started by {twistd} ({name}) in the same rounds, beside the default"
                       f" one ({os.path.join(ingest.BIN, 'twistd')}):", "",
                   f"| traffic | gateway µs/rec | {name} | PG backends µs/rec | {name} "
                   f"| durable rec/s | {name} | ack p99 ms | {name} |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for label, _, _ in SCENARIOS:
+        for label, _, _ in scenarios(args):
             gateway, other = (label, "trackport"), (label, name)
             lines.append(
                 f"| {label} | {spread(results, gateway, 'process')} | {spread(results, other, 'process')}"
@@ -406,6 +445,7 @@ def curve(url, args, workdir):
 def main(args):
     workdir = tempfile.mkdtemp(prefix="trackport-perf-")
     url, name = ingest.pg_database(args.pg)
+    baseline_url, baseline_name = ingest.pg_database(args.pg) if args.baseline else (None, None)
     results, offset = {}, 0
     load = [open("/proc/loadavg").read().split()[0], None]
     try:
@@ -414,12 +454,14 @@ def main(args):
             return
         for i in range(args.repeat):
             print(f"-- repetition {i + 1}/{args.repeat}", flush=True)
-            offset = yield repetition(url, args, workdir, results, offset)
+            offset = yield repetition(url, args, workdir, results, offset, baseline_url)
         load[1] = open("/proc/loadavg").read().split()[0]
         print()
         print(table(results, args, load), flush=True)
     finally:
         ingest.pg_drop(args.pg, name)
+        if baseline_name:
+            ingest.pg_drop(args.pg, baseline_name)
         reactor.stop()
 
 
@@ -428,8 +470,9 @@ def named(value: str):
     C{NAME=TWISTD} as C{(NAME, TWISTD)}.
     """
     name, sep, twistd = value.partition("=")
-    if not (sep and name and twistd) or name in ("bare", "trackport", "default-gc"):
-        raise argparse.ArgumentTypeError(f"{value!r}: NAME=TWISTD, NAME not bare, trackport or default-gc")
+    if not (sep and name and twistd) or name in ("bare", "trackport", "default-gc", "baseline"):
+        raise argparse.ArgumentTypeError(f"{value!r}: NAME=TWISTD, NAME not bare, trackport, default-gc"
+                                         " or baseline")
     return name, os.path.abspath(twistd)
 
 
@@ -451,6 +494,10 @@ if __name__ == "__main__":
     ap.add_argument("--curve", type=int, default=0, metavar="N",
                     help="only this: N windows of --seconds of TCP 1-record traffic from start, per gateway"
                          " (the default one and each --compare), alternating")
+    ap.add_argument("--baseline", metavar="SRC",
+                    help="also measure the gateway of another checkout (the code before a change), "
+                         "on a database of its own, interleaved")
+    ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated)")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()

@@ -44,6 +44,7 @@ _MARK = bytes([_BINARY_MARK])
 _ESCAPE = 0x1B
 _DIGITS = frozenset(b"0123456789")
 _HEX = frozenset("0123456789ABCDEFabcdef")
+_HEX_TEXT = re.compile("[0-9A-Fa-f]+")
 
 #: The text head grammar of spec §0.5, one byte class per position.
 _HEAD = [frozenset(b"*"), frozenset(b"G"), frozenset(b"S"), _DIGITS, _DIGITS,
@@ -198,6 +199,9 @@ class _Record:
     The fields of one record while its blocks are read.
     """
 
+    __slots__ = ("time", "latitude", "longitude", "valid", "speed", "course", "altitude", "event",
+                 "attributes")
+
     def __init__(self):
         self.time = None
         self.latitude = self.longitude = None
@@ -207,9 +211,8 @@ class _Record:
         self.attributes = {}
 
     def position(self) -> Position:
-        return Position(time=self.time, latitude=self.latitude, longitude=self.longitude,
-                        valid=self.valid, speed_kmh=self.speed, course=self.course,
-                        altitude_m=self.altitude, event=self.event, attributes=self.attributes)
+        return Position(self.time, self.latitude, self.longitude, self.valid, self.speed,
+                        self.course, self.altitude, (), self.event, self.attributes)
 
     def fix(self, valid: bool, latitude, longitude):
         # GPS:V;0;N0.000000;E0.000000 is "never had a fix", not a place (§0.2):
@@ -224,25 +227,29 @@ class _Record:
     def io(self, value: int):
         # Traccar's I/O bit list: 0 ACC, 1-4 inputs, 5-7 outputs; the raw
         # value too, as the device prints it, since the vendor's list is unknown.
-        self.attributes["gosafe.io_status"] = f"{value:X}"
-        self.attributes["ignition"] = bit(value, 0)
-        self.attributes["inputs"] = bits(value, 1, 4)
-        self.attributes["outputs"] = bits(value, 5, 3)
+        a = self.attributes
+        a["gosafe.io_status"] = f"{value:X}"
+        a["ignition"] = bool(value & 1)
+        a["inputs"] = (value >> 1) & 0x0F
+        a["outputs"] = (value >> 5) & 0x07
 
 
 def _gps(record: _Record, items):
-    items += [""] * (9 - len(items))
-    flag, satellites, lat, lon, speed, course, altitude, hdop, vdop = items[:9]
+    if len(items) != 9:
+        items += [""] * (9 - len(items))
+        items = items[:9]
+    flag, satellites, lat, lon, speed, course, altitude, hdop, vdop = items
     record.fix(flag == "A", _coordinate(lat) if lat else None, _coordinate(lon) if lon else None)
+    a = record.attributes
     if satellites:
-        record.attributes["satellites"] = optional_int(satellites)
+        a["satellites"] = optional_int(satellites)
     record.speed = optional_float(speed)
     record.course = optional_float(course)
     record.altitude = optional_float(altitude)
     if hdop:
-        record.attributes["hdop"] = optional_float(hdop)
+        a["hdop"] = optional_float(hdop)
     if vdop:
-        record.attributes["gosafe.vdop"] = optional_float(vdop)
+        a["gosafe.vdop"] = optional_float(vdop)
 
 
 def _gsm(record: _Record, items):
@@ -276,24 +283,35 @@ def _adc_name(channel: int) -> str:
 
 
 def _adc(record: _Record, items):
+    a = record.attributes
+    if len(items) <= len(_ADC_NAMES):
+        for name, value in zip(_ADC_NAMES, items):
+            if value:
+                a[name] = optional_float(value)
+        return
     for channel, value in enumerate(items):
         if value:
-            record.attributes[_adc_name(channel)] = optional_float(value)
+            a[_adc_name(channel)] = optional_float(value)
+
+
+_DTT_NAMES = ("gosafe.geofence_low", "gosafe.geofence_high", "gosafe.event_status",
+              "gosafe.packet_type")
 
 
 def _dtt(record: _Record, items):
-    items += [""] * (6 - len(items))
-    status, io, fence_low, fence_high, event_status, packet = items[:6]
+    if len(items) != 6:
+        items += [""] * (6 - len(items))
+        items = items[:6]
+    status, io = items[0].strip(), items[1].strip()
     a = record.attributes
-    if status.strip():
-        a["gosafe.device_status"] = status.strip().upper()
-    io = io.strip()
-    if io and set(io) <= _HEX:
-        record.io(int(io, 16))
-    elif io:
-        a["gosafe.io_status"] = io
-    for name, value in (("gosafe.geofence_low", fence_low), ("gosafe.geofence_high", fence_high),
-                        ("gosafe.event_status", event_status), ("gosafe.packet_type", packet)):
+    if status:
+        a["gosafe.device_status"] = status.upper()
+    if io:
+        if _HEX_TEXT.fullmatch(io):
+            record.io(int(io, 16))
+        else:
+            a["gosafe.io_status"] = io
+    for name, value in zip(_DTT_NAMES, items[2:]):
         if value:
             a[name] = value
 
@@ -382,9 +400,18 @@ def _set(name, convert=str):
     return block
 
 
+_SYS_NAMES = ("gosafe.model", "gosafe.firmware", "gosafe.hardware")
+
+
+def _sys(record: _Record, items):
+    a = record.attributes
+    for name, value in zip(_SYS_NAMES, items):
+        if value:
+            a[name] = value
+
+
 _TEXT_BLOCKS = {
-    "SYS": lambda r, items: r.attributes.update(
-        {k: v for k, v in zip(("gosafe.model", "gosafe.firmware", "gosafe.hardware"), items) if v}),
+    "SYS": _sys,
     "GPS": _gps,
     "GSM": _gsm,
     "COT": _cot,
@@ -402,13 +429,13 @@ _LEGACY_BLOCKS = dict(_TEXT_BLOCKS, GPS=_legacy_gps, ADC=_legacy_adc, CLL=_legac
                       GFS=_set("gosafe.geofence"))
 
 
-def _blocks(record: _Record, fields, table):
+def _blocks(record: _Record, fields, table, start=0):
     loose = []
-    for field in fields:
-        tag, colon, value = field.partition(":")
+    for i in range(start, len(fields)):
+        tag, colon, value = fields[i].partition(":")
         if not colon:
-            if field.strip():
-                loose.append(field)
+            if tag.strip():
+                loose.append(tag)
             continue
         handler = table.get(tag)
         if handler is None:
@@ -428,13 +455,14 @@ def _text_record(fields) -> Position:
         record.attributes["no_clock"] = True
     else:
         record.time = _text_time(stamp)
-    rest = fields[1:]
+    start = 1
     # The event code (hex) comes right after the time; empty = periodic.
-    if rest and ":" not in rest[0]:
-        code = rest.pop(0).strip()
+    if len(fields) > 1 and ":" not in fields[1]:
+        code = fields[1].strip()
         if code:
             record.event = code.upper()
-    _blocks(record, rest, _TEXT_BLOCKS)
+        start = 2
+    _blocks(record, fields, _TEXT_BLOCKS, start)
     return record.position()
 
 

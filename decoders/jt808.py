@@ -30,7 +30,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from gateway.checksums import luhn_valid, xor8
-from gateway.fields import bcd_int, bit, bits, is_bcd, utc
+from gateway.fields import bcd_int, bit, is_bcd, utc
 from gateway.hexdump import hexdump
 from gateway.interfaces import DecodeError, EncodeError, ICommandEncoder, IDecoder, Verdict
 from gateway.model import Confirmation, DecodeResult, EncodedCommand, Position
@@ -278,9 +278,14 @@ def _time(stamp: bytes, offset: timedelta):
     digits = stamp.hex()
     if not digits.isdigit():
         return None
+    # YYMMDDhhmmss as one number, cut by divmod rather than six slices.
+    rest, second = divmod(int(digits), 100)
+    rest, minute = divmod(rest, 100)
+    rest, hour = divmod(rest, 100)
+    rest, day = divmod(rest, 100)
+    year, month = divmod(rest, 100)
     try:
-        return utc(int(digits[0:2]), int(digits[2:4]), int(digits[4:6]), int(digits[6:8]),
-                   int(digits[8:10]), int(digits[10:12])) - offset
+        return utc(year, month, day, hour, minute, second) - offset
     except DecodeError:
         return None
 
@@ -365,27 +370,32 @@ _ITEMS = {
 }
 
 
+#: The basic block: alarm flags, status, latitude, longitude, altitude, speed,
+#: course (the time follows).
+_BASIC = struct.Struct(">IIIIhHH")
+
+
 def location(body: bytes, offset: timedelta, archive: Optional[bool] = None) -> Position:
     """
     One record from a 0x0200 body (the basic block and its additional items).
     """
     if len(body) < 28:
         raise DecodeError(f"location body of {len(body)} bytes, 28 needed")
-    alarm, status, lat, lon = struct.unpack_from(">IIII", body)
-    altitude, speed, course = struct.unpack_from(">hHH", body, 16)
-    a = {"ignition": bit(status, 0), "jt808.oil_cut": bit(status, 10),
-         "jt808.power_cut_relay": bit(status, 11), "jt808.doors_locked": bit(status, 12),
+    alarm, status, lat, lon, altitude, speed, course = _BASIC.unpack_from(body)
+    # The status bits, tested in place.
+    a = {"ignition": bool(status & 1), "jt808.oil_cut": bool(status & 0x400),
+         "jt808.power_cut_relay": bool(status & 0x800), "jt808.doors_locked": bool(status & 0x1000),
          "jt808.alarm": alarm, "jt808.status": status}
-    doors = bits(status, 13, 5)
+    doors = (status >> 13) & 0x1F
     if doors:
         a["jt808.doors"] = doors
     time = _time(body[22:28], offset)
     if time is None:
         a["jt808.time_invalid"] = True
-    latitude = -lat / 1e6 if bit(status, 2) else lat / 1e6
-    longitude = -lon / 1e6 if bit(status, 3) else lon / 1e6
-    valid = bit(status, 1)
-    if bit(status, 5):
+    latitude = -lat / 1e6 if status & 4 else lat / 1e6
+    longitude = -lon / 1e6 if status & 8 else lon / 1e6
+    valid = bool(status & 2)
+    if status & 0x20:
         # The standard's "scrambled by a confidentiality plug-in"; many units
         # set the bit with plain coordinates, so they are reported as sent.
         a["jt808.encrypted_position"] = True
@@ -414,9 +424,8 @@ def location(body: bytes, offset: timedelta, archive: Optional[bool] = None) -> 
         direction = a.get("jt808.area_direction")
         if (bit(alarm, 20) or bit(alarm, 21)) and direction in (0, 1):
             alarms.append("geofence_enter" if direction == 0 else "geofence_exit")
-    return Position(time=time, latitude=latitude, longitude=longitude, valid=valid,
-                    speed_kmh=speed / 10, course=float(course), altitude_m=float(altitude),
-                    alarm=alarms, attributes=a)
+    return Position(time, latitude, longitude, valid, speed / 10, float(course), float(altitude),
+                    alarms, None, a)
 
 
 def batch(body: bytes, offset: timedelta) -> List[Position]:

@@ -268,8 +268,14 @@ def _number(text: str) -> Optional[float]:
 
 
 def _time14(text: str):
-    return utc(int(text[0:4]), int(text[4:6]), int(text[6:8]),
-               int(text[8:10]), int(text[10:12]), int(text[12:14]))
+    # YYYYMMDDhhmmss, fourteen ASCII digits (_TIME14 matched them): one
+    # number cut by divmod rather than six slices.
+    rest, second = divmod(int(text), 100)
+    rest, minute = divmod(rest, 100)
+    rest, hour = divmod(rest, 100)
+    rest, day = divmod(rest, 100)
+    year, month = divmod(rest, 100)
+    return utc(year, month, day, hour, minute, second)
 
 
 def _hex_unique_id(data: bytes, is_name: Optional[bool]) -> str:
@@ -408,10 +414,9 @@ def _ascii_block(fields: Sequence[str], at: int, kind: str, alarms, attributes) 
         attributes["mcc"], attributes["mnc"] = int(mcc), int(mnc)
     if _HEX.fullmatch(lac) and _HEX.fullmatch(cell) and len(lac) <= 8 and len(cell) <= 8:
         attributes["lac"], attributes["cell_id"] = int(lac, 16), int(cell, 16)
-    return Position(
-        time=time, latitude=latitude, longitude=longitude, valid=bool(accuracy and accuracy > 0),
-        speed_kmh=_number(fields[at + 1]), course=_number(fields[at + 2]),
-        altitude_m=_number(fields[at + 3]), alarm=alarms, event=kind[2:], attributes=attributes)
+    return Position(time, latitude, longitude, bool(accuracy and accuracy > 0),
+                    _number(fields[at + 1]), _number(fields[at + 2]), _number(fields[at + 3]),
+                    alarms, kind[2:], attributes)
 
 
 def _tail(kind: str, tail: Sequence[str]) -> dict:

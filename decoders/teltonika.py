@@ -154,26 +154,31 @@ def _cut_records(data: bytes, start: int, end: int, codec: int, count: int,
             raise _Misfit(f"record head past {end}")
         head = data[pos:pos + 24]
         pos += 24
-        event = _u(data[pos:pos + event_size])
+        # Event ids, counts and IO ids are one or two bytes, read in place.
+        event = data[pos] if event_size == 1 else (data[pos] << 8) | data[pos + 1]
         pos += event_size
         gen = None
         if generation:
             gen = data[pos]
             pos += 1
-        total = _u(data[pos:pos + count_size])
+        total = data[pos] if count_size == 1 else (data[pos] << 8) | data[pos + 1]
         pos += count_size
         ios = []
         for size in sizes:
             if pos + count_size > end:
                 raise _Misfit(f"IO count past {end}")
-            n = _u(data[pos:pos + count_size])
+            n = data[pos] if count_size == 1 else (data[pos] << 8) | data[pos + 1]
             pos += count_size
             step = id_size + size
-            if pos + n * step > end:
+            stop = pos + n * step
+            if stop > end:
                 raise _Misfit(f"{n} IOs of {size} bytes past {end}")
-            for _ in range(n):
-                ios.append((_u(data[pos:pos + id_size]), size, data[pos + id_size:pos + step]))
-                pos += step
+            if id_size == 1:
+                ios += [(data[at], size, data[at + 1:at + step]) for at in range(pos, stop, step)]
+            else:
+                ios += [((data[at] << 8) | data[at + 1], size, data[at + 2:at + step])
+                        for at in range(pos, stop, step)]
+            pos = stop
         if variable:
             if pos + 2 > end:
                 raise _Misfit(f"variable-length IO count past {end}")
@@ -194,34 +199,39 @@ def _cut_records(data: bytes, start: int, end: int, codec: int, count: int,
     return out
 
 
-def _raw_value(size, value: bytes):
-    # Fixed sizes up to 8 bytes are unsigned integers; the rest lowercase hex.
-    return _u(value) if size is not None and size <= 8 else value.hex()
+def _signed(number: int, size: int) -> int:
+    # The unsigned value of C{size} bytes read as two's complement.
+    return number - (1 << (size << 3)) if number >> ((size << 3) - 1) else number
 
 
-def _signed(value: bytes) -> int:
-    return int.from_bytes(value, "big", signed=True)
+def _flag(number: int) -> bool:
+    return number != 0
 
 
-def _flag(value: bytes) -> bool:
-    return _u(value) != 0
+def _volts(number: int) -> float:
+    return number / 1000
 
 
-def _volts(value: bytes) -> float:
-    return _u(value) / 1000
+def _same(number: int) -> int:
+    return number
 
 
-#: The FMB/FMC dictionary: IO id -> (value size, attribute, conversion).
+def _signed16(number: int) -> int:
+    return _signed(number, 2)
+
+
+#: The FMB/FMC dictionary: IO id -> (value size, attribute, conversion of the
+#: unsigned value).
 _NAMED = {
     239: (1, "ignition", _flag),
     240: (1, "motion", _flag),
-    21: (1, "rssi", _u),
+    21: (1, "rssi", _same),
     66: (2, "power_v", _volts),
     67: (2, "battery_v", _volts),
-    68: (2, "teltonika.battery_current_ma", _u),
-    113: (1, "battery_level_pct", _u),
-    16: (4, "odometer_m", _u),
-    199: (4, "trip_odometer_m", _u),
+    68: (2, "teltonika.battery_current_ma", _same),
+    113: (1, "battery_level_pct", _same),
+    16: (4, "odometer_m", _same),
+    199: (4, "trip_odometer_m", _same),
     1: (1, "din1", _flag),
     2: (1, "din2", _flag),
     3: (1, "din3", _flag),
@@ -230,18 +240,18 @@ _NAMED = {
     180: (1, "dout2", _flag),
     9: (2, "adc1_v", _volts),
     10: (2, "adc2_v", _volts),
-    181: (2, "pdop", lambda v: _u(v) / 10),
-    182: (2, "hdop", lambda v: _u(v) / 10),
-    69: (1, "teltonika.gnss_status", _u),
-    24: (2, "teltonika.gnss_speed_kmh", _u),
-    200: (1, "teltonika.sleep_mode", _u),
-    80: (1, "teltonika.data_mode", _u),
-    205: (2, "cell_id", _u),
-    206: (2, "lac", _u),
-    241: (4, "teltonika.operator", _u),
-    17: (2, "teltonika.accel_x", _signed),
-    18: (2, "teltonika.accel_y", _signed),
-    19: (2, "teltonika.accel_z", _signed),
+    181: (2, "pdop", lambda v: v / 10),
+    182: (2, "hdop", lambda v: v / 10),
+    69: (1, "teltonika.gnss_status", _same),
+    24: (2, "teltonika.gnss_speed_kmh", _same),
+    200: (1, "teltonika.sleep_mode", _same),
+    80: (1, "teltonika.data_mode", _same),
+    205: (2, "cell_id", _same),
+    206: (2, "lac", _same),
+    241: (4, "teltonika.operator", _same),
+    17: (2, "teltonika.accel_x", _signed16),
+    18: (2, "teltonika.accel_y", _signed16),
+    19: (2, "teltonika.accel_z", _signed16),
 }
 
 #: Dallas temperature IOs -> sensor number.
@@ -265,27 +275,34 @@ _GEOFENCES = frozenset({175, 155, 156, 157, 158, 159})
 _OVERSPEED = 255
 
 
-def _fmb_io(ident: int, size, value: bytes, event: int, attributes: dict, alarms: list) -> None:
+#: The IOs L{_fmb_io} reads beyond L{_NAMED}'s; it leaves every other one as
+#: it is. None of them is named.
+_FMB_IDS = frozenset([*_TEMPERATURES, _IBUTTON, *(i for i, _ in _VALUE_ALARMS), *_GEOFENCES,
+                      _OVERSPEED])
+assert not _FMB_IDS & _NAMED.keys()
+
+#: The raw attribute names of one-byte IO ids, made once.
+_IO_NAMES = tuple(f"io{ident}" for ident in range(256))
+
+
+def _fmb_io(ident: int, size: int, value: bytes, number: int, event: int, attributes: dict,
+            alarms: list) -> None:
     """
-    The FMB dictionary's reading of one IO, into C{attributes} and C{alarms}.
+    The FMB dictionary's reading of one fixed-size IO (up to 8 bytes) of
+    L{_FMB_IDS}, whose unsigned value is C{number}, into C{attributes} and
+    C{alarms}. L{_record} converts the L{_NAMED} ones itself.
     """
-    if size is None or size > 8:
-        return
     if ident in _TEMPERATURES:
-        tenths = _signed(value)
+        tenths = _signed(number, size)
         # Anything outside the sensor's range is a status code (3000: no sensor).
         if -550 <= tenths <= 1150:
             attributes[f"temp{_TEMPERATURES[ident]}_c"] = tenths / 10
         return
-    named = _NAMED.get(ident)
-    if named is not None and named[0] == size:
-        attributes[named[1]] = named[2](value)
-    elif ident == _IBUTTON and size == 8 and _u(value):
+    if ident == _IBUTTON and size == 8 and number:
         # The iButton id comes least significant byte first.
         attributes["driver_id"] = value[::-1].hex().upper()
     if size != 1:
         return
-    number = value[0]
     alarm = _VALUE_ALARMS.get((ident, number))
     if alarm is not None:
         alarms.append(alarm)
@@ -307,11 +324,16 @@ def _coordinates(latitude: float, longitude: float, raw: bytes, attributes: dict
     return latitude, longitude
 
 
+#: A record's head: time, priority, longitude, latitude, altitude, angle,
+#: satellites, speed.
+_HEAD = struct.Struct(">QBiihHBH")
+
+
 def _record(raw: _RawRecord, fmb: bool, marks: dict) -> Position:
     """
     A Codec 8 / 8E / 16 record; raises L{_Misfit} for values that cannot be.
     """
-    stamp, priority, lon, lat, altitude, angle, satellites, speed = struct.unpack(">QBiihHBH", raw.head)
+    stamp, priority, lon, lat, altitude, angle, satellites, speed = _HEAD.unpack(raw.head)
     try:
         time = unix_time(stamp / 1000)
     except DecodeError as e:
@@ -323,22 +345,24 @@ def _record(raw: _RawRecord, fmb: bool, marks: dict) -> Position:
     if lat or lon:
         latitude, longitude = _coordinates(lat / 1e7, lon / 1e7, raw.head[9:17], attributes)
     alarms = []
+    event = raw.event
+    from_bytes = int.from_bytes
     for ident, size, value in raw.ios:
-        attributes[f"io{ident}"] = _raw_value(size, value)
-        if fmb:
-            _fmb_io(ident, size, value, raw.event, attributes, alarms)
-    return Position(
-        time=time,
-        latitude=latitude,
-        longitude=longitude,
-        valid=satellites > 0 and latitude is not None,
-        speed_kmh=float(speed),
-        course=float(angle),
-        altitude_m=float(altitude),
-        alarm=alarms,
-        event=str(raw.event),
-        attributes=attributes,
-    )
+        name = _IO_NAMES[ident] if ident < 256 else f"io{ident}"
+        if size is not None and size <= 8:
+            # Fixed sizes up to 8 bytes are unsigned integers; the rest lowercase hex.
+            number = attributes[name] = value[0] if size == 1 else from_bytes(value, "big")
+            if fmb:
+                named = _NAMED.get(ident)
+                if named is not None:
+                    if named[0] == size:
+                        attributes[named[1]] = named[2](number)
+                elif ident in _FMB_IDS:
+                    _fmb_io(ident, size, value, number, event, attributes, alarms)
+        else:
+            attributes[name] = value.hex()
+    return Position(time, latitude, longitude, satellites > 0 and latitude is not None,
+                    float(speed), float(angle), float(altitude), alarms, str(event), attributes)
 
 
 def _standard_records(data: bytes, start: int, end: int, codec: int, count: int, fmb: bool,

@@ -103,6 +103,19 @@ class Detector:
             self._failed(decoder)
             return False
 
+    def conclusive(self, decoder, head: bytes, transport: str) -> bool:
+        """
+        Whether C{decoder} matches C{head} so specifically that detection
+        would decide for it at once (L{CONCLUSIVE}); a decoder that raises
+        does not.
+        """
+        try:
+            verdict = decoder.detect(head, transport)
+        except Exception:
+            self._failed(decoder)
+            return False
+        return verdict.outcome is Outcome.MATCH and verdict.score >= CONCLUSIVE
+
     def _failed(self, decoder) -> None:
         if self._failures is None or self._failures.allow():
             # The exception may quote the device's bytes: escaped, line by line.

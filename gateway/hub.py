@@ -25,6 +25,9 @@ log = Logger()
 #: Unrecognised sessions logged and kept per second: a port scan or a UDP flood
 #: of garbage must not fill the log and the C{unknown_frames} table.
 UNKNOWN_PER_SECOND = 20
+#: Seconds between a session's last-seen notes to the store (which writes them
+#: once a second at most); a new device or protocol is noted at once.
+TOUCH_INTERVAL = 1.0
 
 
 class Hub:
@@ -81,15 +84,19 @@ class Hub:
             return base
         return {**base, **own}
 
-    def store(self, session, device_id: Optional[str], records, frame: bytes = b"") -> Deferred:
+    def store(self, session, device_id: Optional[str], records, frame: bytes, done) -> None:
         """
-        Hand records to the store; the L{Deferred} fires once they committed
-        (or, refused by the database, were kept raw with C{frame}).
+        Hand records to the store; C{done(None)} is called once they committed
+        (or, refused by the database, were kept raw with C{frame}), or
+        C{done(exception)} when they were not stored.
         """
         if self.metrics is not None:
             self.metrics.records(session.protocol, len(records))
-        return self.store_.submit(device_id, session.protocol, session.peer, records,
-                                  frame=frame, transport=session.transport)
+        pending = self.store_.submit(device_id, session.protocol, session.peer, records,
+                                     frame=frame, transport=session.transport, done=done)
+        if pending is not None:
+            # A store that answers with a Deferred (tests' stand-ins).
+            pending.addCallbacks(lambda _: done(None), lambda failure: done(failure.value))
 
     def withheld(self, session, records) -> None:
         """
@@ -170,7 +177,11 @@ class Hub:
             self.metrics.frame(session.protocol)
         if device_id is None:
             return
-        self.store_.touch(device_id, session.protocol, session.transport, session.peer)
+        if session.last_seen - session.touched >= TOUCH_INTERVAL:
+            # Last-seen times are written once a second at most: telling the
+            # store on every frame of a busy session would only cost.
+            session.touched = session.last_seen
+            self.store_.touch(device_id, session.protocol, session.transport, session.peer)
         self._claim(session, device_id)
 
     def _claim(self, session, device_id: str) -> None:
@@ -301,9 +312,12 @@ class MemoryStore:
         self.seen = {}
         self.rejected = []
 
-    def submit(self, device_id, protocol, peer, records, **kw) -> Deferred:
+    def submit(self, device_id, protocol, peer, records, done=None, **kw) -> Optional[Deferred]:
         self.records.extend((device_id, protocol, r) for r in records)
         self.decoded.extend((device_id, protocol, r) for r in records)
+        if done is not None:
+            done(None)
+            return None
         return succeed(None)
 
     def withhold(self, protocol, records) -> None:

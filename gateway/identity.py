@@ -73,10 +73,11 @@ class Route:
 
 
 class _Claim:
-    __slots__ = ("first", "last")
+    __slots__ = ("first", "last", "session")
 
-    def __init__(self, when: float):
+    def __init__(self, when: float, session):
         self.first = self.last = when
+        self.session = session
 
 
 class Claims:
@@ -87,8 +88,30 @@ class Claims:
     def __init__(self, clock, window: float = WINDOW):
         self.clock = clock
         self.window = window
-        self._claims: Dict[str, Dict[object, _Claim]] = {}
-        self._devices: Dict[object, Set[str]] = {}
+        #: Per device id, its one claim, or a dict of claims by session when
+        #: several sessions claim it (a dict per device would cost every idle
+        #: session a few hundred bytes).
+        self._claims: Dict[str, object] = {}
+        #: The device id a session claims, or the set of them when it claims
+        #: several (rare; a set per session would cost every idle session).
+        self._devices: Dict[object, object] = {}
+
+    def _claimants(self, device_id: str) -> Dict[object, _Claim]:
+        entry = self._claims.get(device_id)
+        if entry is None:
+            return {}
+        return {entry.session: entry} if type(entry) is _Claim else entry
+
+    def _held(self, session) -> Set[str]:
+        held = self._devices.get(session)
+        return set() if held is None else {held} if type(held) is str else held
+
+    def _forget(self, session, device_id: str) -> None:
+        held = self._devices.get(session)
+        if held == device_id:
+            del self._devices[session]
+        elif type(held) is set:
+            held.discard(device_id)
 
     def claim(self, session, device_id: str) -> int:
         """
@@ -96,46 +119,66 @@ class Claims:
         sessions claim the device.
         """
         now = self.clock.seconds()
-        claims = self._claims.setdefault(device_id, {})
+        entry = self._claims.get(device_id)
+        if type(entry) is _Claim:
+            if entry.session is session:
+                entry.last = now
+                return 1
+            entry = self._claims[device_id] = {entry.session: entry}
+        elif entry is None:
+            self._claims[device_id] = _Claim(now, session)
+            self._hold(session, device_id)
+            return 1
+        claims = entry
         claim = claims.get(session)
         if claim is None:
             if len(claims) >= MAX_CLAIMANTS:
                 # Many peers naming one id: forget the one silent longest, so
                 # that a flood of spoofed sources costs bounded work per frame.
                 stale = min(claims, key=lambda s: claims[s].last)
-                self._drop(stale, device_id)
-                self._devices.get(stale, set()).discard(device_id)
-                claims = self._claims.setdefault(device_id, {})
-            claims[session] = _Claim(now)
-            self._devices.setdefault(session, set()).add(device_id)
+                del claims[stale]
+                self._forget(stale, device_id)
+            claims[session] = _Claim(now, session)
+            self._hold(session, device_id)
         else:
             claim.last = now
         return len(claims)
+
+    def _hold(self, session, device_id: str) -> None:
+        held = self._devices.get(session)
+        if held is None:
+            self._devices[session] = device_id
+        elif type(held) is str:
+            if held != device_id:
+                self._devices[session] = {held, device_id}
+        else:
+            held.add(device_id)
 
     def release(self, session) -> None:
         """
         Forget a closed session's claims.
         """
-        for device_id in self._devices.pop(session, ()):
+        for device_id in self._held(session):
             self._drop(session, device_id)
+        self._devices.pop(session, None)
 
     def release_device(self, session, device_id: str) -> None:
         """
         Forget one claim: the session now speaks for another device.
         """
-        devices = self._devices.get(session)
-        if devices is not None:
-            devices.discard(device_id)
+        self._forget(session, device_id)
         self._drop(session, device_id)
 
     def _drop(self, session, device_id: str) -> None:
-        claims = self._claims.get(device_id)
-        if claims and claims.pop(session, None) is not None and not claims:
-            del self._claims[device_id]
+        entry = self._claims.get(device_id)
+        if type(entry) is _Claim:
+            if entry.session is session:
+                del self._claims[device_id]
+        elif entry and entry.pop(session, None) is not None and len(entry) == 1:
+            (self._claims[device_id],) = entry.values()
 
     def holder(self, device_id: str):
-        claims = self._claims.get(device_id)
-        live = [(c.last, c.first, s) for s, c in (claims or {}).items() if s.open]
+        live = [(c.last, c.first, s) for s, c in self._claimants(device_id).items() if s.open]
         return max(live, key=lambda t: (t[0], t[1]))[2] if live else None
 
     def conflict(self, device_id: str):
@@ -143,11 +186,17 @@ class Claims:
         The two sessions in conflict over C{device_id} (older first), or L{None}.
         """
         now = self.clock.seconds()
-        active = sorted(((c.first, c.last, s) for s, c in self._claims.get(device_id, {}).items()
+        active = sorted(((c.first, c.last, s) for s, c in self._claimants(device_id).items()
                          if s.open and now - c.last <= self.window), key=lambda t: t[0])
         for i, (first_a, last_a, a) in enumerate(active):
-            for first_b, last_b, b in active[i + 1:]:
-                if a.peer != b.peer and last_a >= first_b:
+            for j in range(i + 1, len(active)):
+                first_b, _, b = active[j]
+                if first_b > last_a:
+                    # Later ones started later still: a device whose every
+                    # frame comes from a new port (a NAT) costs one look, not
+                    # one per pair of its sessions.
+                    break
+                if a.peer != b.peer:
                     return a, b
         return None
 
@@ -161,8 +210,9 @@ class Claims:
             return Route(holder, hold=f"identity conflict: {printable(device_id)} claimed by {a.transport} "
                                       f"{a.peer} and {b.transport} {b.peer}")
         now = self.clock.seconds()
-        mine = self._claims[device_id][holder]
-        for session, claim in self._claims[device_id].items():
+        claims = self._claimants(device_id)
+        mine = claims[holder]
+        for session, claim in claims.items():
             if session is holder or not session.open or session.peer == holder.peer:
                 continue
             if claim.last < mine.first and now - claim.last <= self.window:

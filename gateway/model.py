@@ -29,12 +29,19 @@ COMMAND_TYPES = frozenset(
 )
 
 
+_UTC = timezone.utc
+
+
 def _utc(value: Optional[datetime]) -> Optional[datetime]:
     if value is None:
         return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    tzinfo = value.tzinfo
+    if tzinfo is _UTC:
+        # What every decoder makes; astimezone() would return it as it is.
+        return value
+    if tzinfo is None:
+        return value.replace(tzinfo=_UTC)
+    return value.astimezone(_UTC)
 
 
 def _alarms(value) -> Tuple[str, ...]:
@@ -55,11 +62,12 @@ def isoformat(value: Optional[datetime]) -> Optional[str]:
     """
     if value is None:
         return None
-    value = _utc(value)
-    text = value.replace(tzinfo=None, microsecond=0).isoformat()
+    if value.tzinfo is not timezone.utc:
+        value = _utc(value)
+    # isoformat() starts with YYYY-MM-DDTHH:MM:SS for every datetime.
     if value.microsecond:
-        text += ".%03d" % (value.microsecond // 1000)
-    return text + "Z"
+        return f"{value.isoformat()[:19]}.{value.microsecond // 1000:03d}Z"
+    return f"{value.isoformat()[:19]}Z"
 
 
 @attrs.frozen

@@ -13,12 +13,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 #: The migration (C{gateway/migrations/versions}) that creates these tables.
-REVISION = "0005"
+REVISION = "0006"
 
 metadata = MetaData()
 
 #: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: JSON text everywhere: a record's alarm and attributes, stored as the
+#: gateway serialised them (the text its fingerprint covers), which
+#: PostgreSQL only validates; JSONB would parse and rebuild every record's
+#: (migration 0006).
+JsonText = JSON()
 #: 64-bit keys on PostgreSQL; SQLite needs INTEGER for an auto-incrementing rowid.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Time = DateTime(timezone=True)
@@ -56,9 +61,9 @@ positions = Table(
     Column("speed_kmh", Float),
     Column("course", Float),
     Column("altitude_m", Float),
-    Column("alarm", Json, nullable=False),
+    Column("alarm", JsonText, nullable=False),
     Column("event", String(64)),
-    Column("attributes", Json, nullable=False),
+    Column("attributes", JsonText, nullable=False),
     Column("fingerprint", String(32), nullable=False),
     UniqueConstraint("device_id", "fingerprint", name="uq_positions_device_fingerprint"),
     Index("ix_positions_device_time", "device_id", "time"),

@@ -74,10 +74,32 @@ class StreamProtocol(Protocol):
         # log flood. The session logs once its protocol is known.
         transport, tcp = self.transport, self.tcp
         self.proxied = self.factory.proxy_protocol
+        direct = not self.proxied and hasattr(tcp, "_tempDataLen") and hasattr(tcp, "socket")
+        write = self._write_now if direct else transport.write
         self.session = Session(self.factory.hub, "tcp", _peer(transport.getPeer()),
-                               transport.write, transport.loseConnection,
+                               write, transport.loseConnection,
                                pause=tcp.pauseProducing, resume=tcp.resumeProducing)
         self.factory.opened(self)
+
+    def _write_now(self, data: bytes) -> None:
+        """
+        C{transport.write}, but bytes that find nothing queued before them
+        are sent at once: an ack is one C{send}, where Twisted's write would
+        register the socket for writability and send on the reactor's next
+        turn (two C{epoll_ctl} calls and a turn per ack). What the socket does
+        not take goes to Twisted's buffer, which handles it as usual.
+        """
+        tcp = self.transport
+        if (not tcp._tempDataLen and not tcp.dataBuffer and tcp.connected
+                and not tcp.disconnecting and not tcp._writeDisconnected):
+            try:
+                sent = tcp.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error Twisted meets on its own write
+            if sent == len(data):
+                return
+            data = data[sent:]
+        tcp.write(data)
 
     def dataReceived(self, data):
         session = self.session
@@ -242,6 +264,9 @@ class DatagramEndpoint(DatagramProtocol):
         self.hub = hub
         self.max_peers = max_peers
         self.sessions: Dict[Tuple, Session] = {}
+        #: The decoder that took the last datagram from each host (see
+        #: L{Session.datagram_received}'s hint).
+        self.decoders: Dict[str, object] = {}
         self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget)
         self._full = Budget(hub.clock, 1, 10.0, lambda n: log.warn(
             "{n} more datagrams from new peers not acked: peer table full", n=n))
@@ -276,11 +301,15 @@ class DatagramEndpoint(DatagramProtocol):
                 return
             session = Session(self.hub, "udp", _peer(addr),
                               lambda payload: self._send(payload, addr), lambda: self._drop(addr))
-            session.datagram_received(data)
+            host = addr[0]
+            session.datagram_received(data, self.decoders.get(host))
             # Only a peer that spoke a known protocol is remembered: garbage
             # from many (possibly spoofed) addresses costs no memory.
             if session.decoder is not None and session.open:
                 self.sessions[addr] = session
+                if len(self.decoders) >= self.max_peers:
+                    self.decoders.clear()
+                self.decoders[host] = session.decoder
             return
         session.datagram_received(data)
 

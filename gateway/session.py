@@ -54,6 +54,7 @@ GARBAGE_BYTES = 64 * 1024
 GARBAGE_SHARE = 0.75
 
 _serial = itertools.count(1)
+_NEVER = float("-inf")
 
 
 class _Reply:
@@ -61,12 +62,27 @@ class _Reply:
     An ack waiting for its records to commit, and for earlier acks to go first.
     """
 
-    __slots__ = ("data", "state", "received")
+    __slots__ = ("data", "state", "received", "session", "records")
 
-    def __init__(self, data: bytes, ready: bool, received: float):
+    def __init__(self, session, data: bytes, ready: bool, received: float, records: int = 0):
+        self.session = session
         self.data = data
         self.state = "ready" if ready else "waiting"
         self.received = received
+        self.records = records
+
+    def stored(self, error: Optional[BaseException] = None) -> None:
+        """
+        The store's answer: the records committed (C{error} L{None}), or not.
+        """
+        session = self.session
+        session._waiting -= self.records
+        if error is None:
+            self.state = "ready"
+        else:
+            self.state = "failed"
+            session._error(f"records not stored, no ack sent: {error}", b"", garbage=False)
+        session._flush()
 
 
 class Session:
@@ -85,7 +101,7 @@ class Session:
     __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "_pause", "_resume", "decoder",
                  "device_id", "context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since",
-                 "_commands_wait")
+                 "_commands_wait", "touched")
 
     def __init__(self, hub, transport: str, peer: str,
                  write: Callable[[bytes], None], close: Callable[[], None],
@@ -124,6 +140,8 @@ class Session:
         self._detect_timer = (hub.clock.callLater(DETECT_SECONDS, self._detect_timeout)
                               if transport == "tcp" else None)
         self._commands_wait = False
+        #: When the hub last told the store this session's device was seen.
+        self.touched = _NEVER
 
     @property
     def protocol(self) -> Optional[str]:
@@ -150,10 +168,14 @@ class Session:
         if self._busy():
             self._hold()
 
-    def datagram_received(self, data: bytes) -> None:
+    def datagram_received(self, data: bytes, hint=None) -> None:
         """
         UDP: one datagram. Each is detected on its own; the decoder that took
         the last one is asked first, but must still claim it.
+
+        @param hint: for a new peer, the decoder that took the last datagram
+            from its host (a device behind a NAT that changes its port): it
+            is taken without asking the others if it matches conclusively.
         """
         self.last_seen = self.hub.clock.seconds()
         if self._busy():
@@ -162,7 +184,9 @@ class Session:
                            garbage=False)
             return
         decoder = self.decoder
-        if decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
+        if decoder is None and hint is not None and self.hub.detector.conclusive(hint, data, "udp"):
+            self._bind_decoder(hint)
+        elif decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
             detection = self.hub.detector.detect(data, "udp", final=True)
             if detection.decoder is None:
                 self.hub.unknown(self, data)
@@ -227,6 +251,7 @@ class Session:
 
     def _bind_decoder(self, decoder) -> None:
         self.decoder = decoder
+        self.touched = _NEVER
         self.context.state.clear()
         if self.transport != "udp":
             log.info("session {transport} {peer}: protocol {protocol}",
@@ -296,8 +321,11 @@ class Session:
             self.hub.learned(device_id, result.settings)
         if result.confirmations:
             self.hub.confirmed(self, device_id, result.confirmations)
-        stored = self.hub.store(self, device_id, result.records, frame) if result.records else None
-        self._queue_reply(stored, result.reply, len(result.records))
+        if result.records:
+            reply = self._queue_reply(None, result.reply, len(result.records))
+            self.hub.store(self, device_id, result.records, frame, reply.stored)
+        else:
+            self._queue_reply(None, result.reply)
         if not result.commands_wait:
             # Commands the device held back go now, behind this frame's reply
             # (frame_done tells the command queue the device is active).
@@ -306,6 +334,7 @@ class Session:
 
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
+        self.touched = _NEVER
         self.context.device_id = device_id
         # Not per UDP peer: a device behind a NAT may send every frame from a
         # new port, and logging each cost as much as the frame itself.
@@ -317,28 +346,22 @@ class Session:
 
     # -- replies ----------------------------------------------------------
 
-    def _queue_reply(self, stored: Optional[Deferred], data: bytes, records: int = 0) -> None:
-        reply = _Reply(data, stored is None, self.last_seen)
+    def _queue_reply(self, stored: Optional[Deferred], data: bytes, records: int = 0) -> _Reply:
+        """
+        Queue C{data} behind the replies before it. With C{records}, it waits
+        for its L{_Reply.stored}; with C{stored}, for that L{Deferred}.
+        """
+        reply = _Reply(self, data, not (stored or records), self.last_seen, records)
         if self._replies is None:
             self._replies = deque()
         self._replies.append(reply)
-        if stored is not None:
+        if records:
             self._waiting += records
-
-            def ok(_):
-                self._waiting -= records
-                reply.state = "ready"
-                self._flush()
-
-            def failed(failure):
-                self._waiting -= records
-                reply.state = "failed"
-                self._error(f"records not stored, no ack sent: {failure.getErrorMessage()}", b"",
-                               garbage=False)
-                self._flush()
-
-            stored.addCallbacks(ok, failed)
+            return reply
+        if stored is not None:
+            stored.addCallbacks(lambda _: reply.stored(None), lambda failure: reply.stored(failure.value))
         self._flush()
+        return reply
 
     def _flush(self) -> None:
         # Acks leave in frame order: a keep-alive echo never overtakes the ack

@@ -31,6 +31,14 @@ from typing import Any, Mapping, Optional
 
 import attrs
 
+from gateway.model import canonical_json
+
+try:
+    from orjson import OPT_SORT_KEYS as _SORT_KEYS
+    from orjson import dumps as _orjson
+except ImportError:  # optional: json writes the same text, slower (PyPy has no orjson)
+    _orjson = None
+
 #: Longest device id (the width of C{devices.id}).
 DEVICE_ID_MAX = 64
 #: Widths of the text columns of C{positions} and C{devices}.
@@ -129,68 +137,114 @@ def attributes(value: Mapping[str, Any]) -> dict:
     return _value(dict(value), 0)
 
 
-def _clean_value(value, depth: int) -> bool:
+#: What L{_scan} finds: a value that is not storable as it is; one that is,
+#: and whose canonical JSON orjson writes byte for byte as C{json} does; one
+#: that is, but whose JSON only C{json} writes that way.
+DIRTY, FAST, CLEAN = 0, 1, 2
+
+#: Keys found clean already (decoders use a few hundred names): a set lookup
+#: instead of three checks, for every attribute of every record.
+_clean_keys: set = set()
+_CLEAN_KEYS_MAX = 20000
+
+
+def _scan_value(value, depth: int) -> int:
     kind = type(value)
     if kind is str:
-        return len(value) <= ATTRIBUTE_TEXT_MAX and _search(value) is None
+        if len(value) > ATTRIBUTE_TEXT_MAX:
+            return DIRTY
+        if value.isascii() and value.isprintable():
+            return FAST
+        return CLEAN if _search(value) is None else DIRTY
     if kind is int:
-        return -_INT64 <= value < _INT64
+        return FAST if -_INT64 <= value < _INT64 else DIRTY
     if kind is float:
-        return value - value == 0.0  # false for NaN and infinities
+        if value - value != 0.0:  # NaN and infinities
+            return DIRTY
+        # orjson writes |x| < 1e-4 without json's two-digit exponent.
+        return CLEAN if -1e-4 < value < 1e-4 and value else FAST
     if value is None or kind is bool:
-        return True
+        return FAST
     if depth >= ATTRIBUTE_DEPTH_MAX:
-        return False
+        return DIRTY
     if kind is dict:
-        return _clean(value, depth + 1)
+        return _scan(value, depth + 1)
     if kind is list or kind is tuple:
+        found = FAST
         for v in value:
-            if not _clean_value(v, depth + 1):
-                return False
-        return True
-    return False
+            status = _scan_value(v, depth + 1)
+            if status == DIRTY:
+                return DIRTY
+            if status == CLEAN:
+                found = CLEAN
+        return found
+    return DIRTY
+
+
+def _scan(value: dict, depth: int) -> int:
+    # The common case, checked without building anything: this runs for every
+    # record. Printable ASCII needs no regular expression.
+    found = FAST
+    for k, v in value.items():
+        if type(k) is not str:
+            return DIRTY
+        if k not in _clean_keys:
+            if len(k) > ATTRIBUTE_KEY_MAX:
+                return DIRTY
+            if k.isascii() and k.isprintable():
+                if len(_clean_keys) < _CLEAN_KEYS_MAX:
+                    _clean_keys.add(k)
+            elif _search(k) is not None:
+                return DIRTY
+            else:
+                found = CLEAN
+        kind = type(v)
+        if kind is str:
+            if len(v) > ATTRIBUTE_TEXT_MAX:
+                return DIRTY
+            if not (v.isascii() and v.isprintable()):
+                if _search(v) is not None:
+                    return DIRTY
+                found = CLEAN
+        elif kind is float:
+            if v - v != 0.0:
+                return DIRTY
+            if -1e-4 < v < 1e-4 and v:
+                found = CLEAN
+        elif kind is int:
+            if not -_INT64 <= v < _INT64:
+                return DIRTY
+        elif not (v is None or kind is bool):
+            status = _scan_value(v, depth)
+            if status == DIRTY:
+                return DIRTY
+            if status == CLEAN:
+                found = CLEAN
+    return found
 
 
 def _clean(value: dict, depth: int) -> bool:
-    # The common case, checked without building anything: this runs for
-    # every record on the reactor thread.
-    for k, v in value.items():
-        if type(k) is not str or len(k) > ATTRIBUTE_KEY_MAX or _search(k) is not None:
-            return False
-        kind = type(v)
-        if kind is str:
-            if len(v) > ATTRIBUTE_TEXT_MAX or _search(v) is not None:
-                return False
-        elif kind is float:
-            if v - v != 0.0:
-                return False
-        elif kind is int:
-            if not -_INT64 <= v < _INT64:
-                return False
-        elif not (v is None or kind is bool or _clean_value(v, depth)):
-            return False
-    return True
+    return _scan(value, depth) != DIRTY
 
 
 def _clean_number(value) -> bool:
     return value is None or (type(value) is float and value - value == 0.0)
 
 
-def position(record):
-    """
-    C{record} (a L{gateway.model.Position}) as every database stores it: the
-    record itself when it is already storable, else a copy made so by the rules
-    above.
-    """
+def _status(record) -> int:
     event = record.event
     given = record.attributes
     if ((event is None or (type(event) is str and len(event) <= EVENT_MAX and _search(event) is None))
             and _clean_number(record.latitude) and _clean_number(record.longitude)
             and _clean_number(record.speed_kmh) and _clean_number(record.course)
-            and _clean_number(record.altitude_m)
-            and _clean(given if type(given) is dict else dict(given), 0)):
-        return record
+            and _clean_number(record.altitude_m)):
+        return _scan(given if type(given) is dict else dict(given), 0)
+    return DIRTY
+
+
+def _made_storable(record):
     extra = attributes(record.attributes)
+    event = record.event
     if event is not None:
         event = text(event)
         if len(event) > EVENT_MAX:
@@ -200,3 +254,28 @@ def position(record):
         record, event=event, attributes=extra, latitude=number(record.latitude),
         longitude=number(record.longitude), speed_kmh=number(record.speed_kmh),
         course=number(record.course), altitude_m=number(record.altitude_m))
+
+
+def prepared(record) -> tuple:
+    """
+    C{(position(record), canonical JSON of its attributes)}: the JSON text is
+    exactly L{gateway.model.canonical_json}'s (fingerprints depend on it),
+    written by orjson when it writes the same bytes, which it does for
+    printable ASCII text and every number but the smallest floats.
+    """
+    status = _status(record)
+    if status == DIRTY:
+        record = _made_storable(record)
+        status = CLEAN
+    if status == FAST and _orjson is not None:
+        return record, _orjson(record.attributes, option=_SORT_KEYS).decode()
+    return record, canonical_json(record.attributes)
+
+
+def position(record):
+    """
+    C{record} (a L{gateway.model.Position}) as every database stores it: the
+    record itself when it is already storable, else a copy made so by the rules
+    above.
+    """
+    return record if _status(record) != DIRTY else _made_storable(record)

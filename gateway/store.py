@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+from hashlib import blake2b
 import os
 import threading
 import time as _time
@@ -27,8 +28,8 @@ from twisted.python.failure import Failure
 
 from gateway import schema, storable
 from gateway.dbguard import DatabaseUnavailable, Guard, connection_class
-from gateway.model import Position, canonical_json
-from gateway.ordering import serialize_ids
+from gateway.model import Position, canonical_json, isoformat
+from gateway.ordering import ID_ORDER_LOCK, serialize_ids
 
 log = Logger()
 
@@ -253,18 +254,27 @@ _PG_UPSERT_DEVICES = (
 _PG_DEVICE_TEMPLATE = "(%s, %s, %s, %s, %s, %s, '{}'::jsonb)"
 #: Seconds between writes of devices' last-seen time and peer.
 SEEN_INTERVAL = 1.0
+#: The id-order lock (L{gateway.ordering}), then a savepoint to return to
+#: should the COPY meet a record stored already; one round trip.
+_PG_TRY = f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK}); SAVEPOINT trackport_copy"
+_PG_COPY = f"COPY positions ({_COLUMN_LIST}) FROM STDIN"
+_PG_UNDO = "ROLLBACK TO SAVEPOINT trackport_copy"
 _PG_STAGE = ("CREATE TEMPORARY TABLE IF NOT EXISTS positions_stage ON COMMIT DELETE ROWS AS "
              f"SELECT {_COLUMN_LIST} FROM positions WITH NO DATA")
-_PG_COPY = f"COPY positions_stage ({_COLUMN_LIST}) FROM STDIN"
+_PG_COPY_STAGE = f"COPY positions_stage ({_COLUMN_LIST}) FROM STDIN"
 _PG_MERGE = (f"INSERT INTO positions ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM positions_stage "
              "ON CONFLICT (device_id, fingerprint) DO NOTHING")
+#: SQLSTATE of a unique violation.
+_UNIQUE_VIOLATION = "23505"
 
 
 class _Submission:
     __slots__ = ("device_id", "protocol", "peer", "transport", "records", "received", "deferred",
-                 "frame", "finished")
+                 "frame", "finished", "rows")
 
-    def __init__(self, device_id, protocol, peer, transport, records, received, deferred, frame):
+    def __init__(self, device_id, protocol, peer, transport, records, received, deferred, frame,
+                 rows=None):
+        self.rows = rows
         self.device_id = device_id
         self.protocol = protocol
         self.peer = peer
@@ -306,6 +316,9 @@ def rejected_row(kind: str, reason: str, transport=None, peer=None, protocol=Non
             "length": len(frame), "data": frame[:REJECTED_BYTES]}
 
 
+#: Device ids and texts (peers, protocol names) remembered as storable.
+_MEMO_MAX = 10_000
+
 #: Seconds a source (device, or peer without a device id) whose records the
 #: database refused stays suspect: its frames are written apart from others'.
 SUSPECT_SECONDS = 600.0
@@ -346,11 +359,16 @@ def misconfigured(error: BaseException) -> bool:
     return any(marker in text for marker in _MISCONFIGURED)
 
 
-def position_row(device_id, protocol, record: Position, received: datetime) -> tuple:
+def position_row(device_id, protocol, record: Position, received: datetime,
+                 attributes_json: Optional[str] = None) -> tuple:
     """
     A record as a row of L{POSITION_COLUMNS}; JSON columns already serialised.
+
+    @param attributes_json: L{canonical_json} of the attributes, when the
+        caller has it (L{storable.prepared}).
     """
-    attributes_json = canonical_json(record.attributes)
+    if attributes_json is None:
+        attributes_json = canonical_json(record.attributes)
     return (device_id, protocol, record.time, received, record.latitude, record.longitude,
             bool(record.valid), record.speed_kmh, record.course, record.altitude_m,
             RawJson(json.dumps(list(record.alarm)) if record.alarm else "[]"), record.event,
@@ -396,6 +414,51 @@ def _copy_line(row: tuple) -> str:
         _copy_text(speed), _copy_text(course), _copy_text(altitude),
         alarm.replace("\\", "\\\\"), _copy_text(event), attributes.replace("\\", "\\\\"),
         fingerprint)) + "\n"
+
+
+_NULL = "\\N"
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+def copy_lines(device_id, protocol, prepared, received: datetime) -> List[str]:
+    """
+    The records of one frame as lines of COPY text, as L{_copy_line} of
+    L{position_row} writes them, for a fraction of the cost: what is the same
+    for every record of a frame is formatted once, and each number once for
+    both its column and the fingerprint (L{Position.fingerprint}'s text).
+
+    @param prepared: C{(record, attributes JSON)} pairs (L{storable.prepared}).
+    """
+    head = f"{_copy_text(device_id)}\t{_copy_text(protocol)}\t"
+    server_time = received.isoformat()
+    lines = []
+    for record, attributes_json in prepared:
+        time, alarm, event = record.time, record.alarm, record.event
+        values = (record.latitude, record.longitude, record.speed_kmh, record.course, record.altitude_m)
+        latitude, longitude, speed, course, altitude = texts = [repr(v) for v in values]
+        if time is None:
+            time_text, stamp = _NULL, ""
+        else:
+            time_text = time.isoformat()
+            # Position times are UTC: isoformat() is model.isoformat()'s text
+            # with the offset and all six digits of the fraction.
+            stamp = (isoformat(time) if time.tzinfo is not timezone.utc
+                     else f"{time_text[:19]}.{time.microsecond // 1000:03d}Z" if time.microsecond
+                     else f"{time_text[:19]}Z")
+        digest = blake2b(
+            f"{stamp}|{latitude}|{longitude}|{record.valid!r}|{speed}|{course}|{altitude}"
+            f"|{','.join(alarm)}|{event or ''}|{attributes_json}".encode(), digest_size=16).hexdigest()
+        latitude, longitude, speed, course, altitude = [
+            _NULL if v is None else t for v, t in zip(values, texts)]
+        lines.append(
+            f"{head}{time_text}\t{server_time}\t{latitude}\t{longitude}\t"
+            f"{'t' if record.valid else 'f'}\t{speed}\t{course}\t{altitude}\t"
+            f"{_escaped(json.dumps(list(alarm))) if alarm else '[]'}\t{_copy_text(event)}\t"
+            f"{_escaped(attributes_json)}\t{digest}\n")
+    return lines
 
 
 class _Work:
@@ -472,6 +535,8 @@ class Store:
         self._giving_up = False
         self._conn = None
         self._known: set = set()
+        self._ids: set = set()
+        self._texts: Dict[Optional[str], tuple] = {}
         self._seen: Dict[str, tuple] = {}
         self._seen_flushed = 0.0
         self._down_since: Optional[float] = None
@@ -508,28 +573,68 @@ class Store:
 
     def submit(self, device_id: Optional[str], protocol: Optional[str], peer: str,
                records, received: Optional[datetime] = None, frame: bytes = b"",
-               transport: Optional[str] = None) -> Deferred:
+               transport: Optional[str] = None, done=None) -> Optional[Deferred]:
         """
         Queue records of one frame, made storable (L{gateway.storable}); the
         L{Deferred} fires once they are committed (or, refused by the database,
         kept raw with C{frame}), or fails with L{Overloaded} / L{StoreStopped}.
+
+        @param done: instead of a L{Deferred} (which a session pays for on
+            every frame), called with L{None} or the exception, in the reactor
+            thread; L{None} is returned.
         """
+        error = None
         if self._stopping:
-            return fail(StoreStopped("the gateway is stopping"))
-        if device_id is not None and not storable.is_device_id(device_id):
-            return fail(ValueError(f"not a device id: {storable.text(device_id, 80)!r}"))
-        records = [storable.position(r) for r in records]
+            error = StoreStopped("the gateway is stopping")
+        elif device_id is not None and device_id not in self._ids and not self._is_id(device_id):
+            error = ValueError(f"not a device id: {storable.text(device_id, 80)!r}")
+        elif self._pending + len(records) > self.max_pending:
+            error = Overloaded(f"{self._pending} records wait for the database (limit {self.max_pending})")
+        if error is not None:
+            if done is None:
+                return fail(error)
+            done(error)
+            return None
+        protocol = self._text(protocol, storable.PROTOCOL_MAX)
+        received = received or now()
+        # Rows are built here, on the reactor thread, so the writer thread
+        # holds the interpreter lock for little more than the database call.
+        prepared = [storable.prepared(r) for r in records]
+        records = [r for r, _ in prepared]
+        try:
+            if self.dialect == "postgresql":
+                rows = copy_lines(device_id, protocol, prepared, received)
+            else:
+                rows = [position_row(device_id, protocol, r, received, attributes_json)
+                        for r, attributes_json in prepared]
+        except Exception:
+            rows = None  # the writer tries again record by record, and keeps what fails
+        d = Deferred() if done is None else done
         with self._cond:
-            if self._pending + len(records) > self.max_pending:
-                return fail(Overloaded(
-                    f"{self._pending} records wait for the database (limit {self.max_pending})"))
-            d = Deferred()
             self._queue.append(_Submission(
-                device_id, storable.text(protocol, storable.PROTOCOL_MAX), storable.text(peer, storable.PEER_MAX),
-                transport, records, received or now(), d, bytes(frame or b"")))
+                device_id, protocol, self._text(peer, storable.PEER_MAX),
+                transport, records, received, d, bytes(frame or b""), rows))
             self._pending += len(records)
             self._cond.notify()
-        return d
+        return d if done is None else None
+
+    def _is_id(self, device_id) -> bool:
+        # Ids found good are remembered: one set lookup a frame, not a match.
+        if not storable.is_device_id(device_id):
+            return False
+        if len(self._ids) >= _MEMO_MAX:
+            self._ids.clear()
+        self._ids.add(device_id)
+        return True
+
+    def _text(self, value: Optional[str], limit: int) -> Optional[str]:
+        # Peers and protocol names repeat frame after frame: made storable once.
+        made = self._texts.get(value)
+        if made is None:
+            if len(self._texts) >= _MEMO_MAX:
+                self._texts.clear()
+            made = self._texts[value] = (limit, storable.text(value, limit))
+        return made[1] if made[0] == limit else storable.text(value, limit)
 
     def reject(self, kind: str, reason: str, transport=None, peer=None, protocol=None,
                device_id=None, frame: bytes = b"", detail=None) -> Deferred:
@@ -753,7 +858,13 @@ class Store:
     @staticmethod
     def _fire(deferreds, error) -> None:
         for d in deferreds:
-            if error is None:
+            if type(d) is not Deferred:
+                try:
+                    d(error)
+                except Exception:
+                    # One session's failure must not keep the others' acks.
+                    log.failure("a session failed on its stored records")
+            elif error is None:
                 d.callback(None)
             else:
                 d.errback(error)
@@ -785,8 +896,11 @@ class Store:
         rows = []
         devices: Dict[str, tuple] = {}
         for item in items:
-            for record in item.records:
-                rows.append(position_row(item.device_id, item.protocol, record, item.received))
+            if item.rows is not None:
+                rows.extend(item.rows)
+            else:
+                for record in item.records:
+                    rows.append(position_row(item.device_id, item.protocol, record, item.received))
             if item.device_id is not None and item.device_id not in self._known:
                 devices.setdefault(item.device_id, (item.protocol, None, None, item.received))
         return rows, devices
@@ -840,11 +954,12 @@ class Store:
             devices.update(self._seen)
 
         def body(connection):
-            if rows or work.learned:
+            if (rows and devices) or work.learned:
                 # Position ids and settings versions are drawn under this
                 # lock, so they commit in order (gateway.ordering); first,
                 # before any row lock: a writer that waits here holds nothing
-                # another writer needs.
+                # another writer needs. (A batch of positions alone takes it
+                # with its first statement: one round trip less.)
                 serialize_ids(connection)
             if devices:
                 self._upsert_devices(connection, devices)
@@ -1084,30 +1199,43 @@ class Store:
                 pass
             self._conn = None
 
-    def _insert_positions(self, connection, rows: List[tuple], nested: bool = False) -> None:
+    def _insert_positions(self, connection, rows: list, nested: bool = False) -> None:
         """
         @param nested: in a savepoint, where the staging rows of an earlier
             part of the same transaction must not be merged again.
         """
         # Every path that draws position ids holds the order lock (held once
-        # already, it is taken again at no cost until the transaction ends).
-        serialize_ids(connection)
+        # already, it is taken again at little cost until the transaction ends).
         if self.dialect == "postgresql":
-            # SQLAlchemy (and psycopg2's executemany) run INSERT ... ON CONFLICT
-            # row by row. COPY into a per-connection staging table and one
-            # INSERT ... SELECT does the same in two statements, for a small
-            # fraction of the CPU; the staging rows vanish at commit.
-            text = "".join(map(_copy_line, rows))
+            # A batch almost never holds a record stored already (one is sent
+            # again only when its ack was lost), so it is COPYed straight into
+            # positions: a bulk insert, half the backend's CPU of staging it
+            # and merging with INSERT ... ON CONFLICT. A batch that does hold
+            # one fails as a whole on the unique (device, fingerprint) index,
+            # and is merged from a staging table instead. The savepoint is
+            # left for the transaction's end to release (a round trip less);
+            # the lock, taken before it, stays held if it is rolled back.
+            # Rows of frames are COPY lines already (L{copy_lines}); rows
+            # written record by record are tuples.
+            text = "".join([row if type(row) is str else _copy_line(row) for row in rows])
             cursor = connection.connection.driver_connection.cursor()
             try:
-                cursor.execute(_PG_STAGE)
-                cursor.copy_expert(_PG_COPY, io.StringIO(text))
-                cursor.execute(_PG_MERGE)
-                if nested:
-                    cursor.execute("DELETE FROM positions_stage")
+                cursor.execute(_PG_TRY)
+                try:
+                    cursor.copy_expert(_PG_COPY, io.StringIO(text))
+                except Exception as e:
+                    if getattr(e, "pgcode", None) != _UNIQUE_VIOLATION:
+                        raise
+                    cursor.execute(_PG_UNDO)
+                    cursor.execute(_PG_STAGE)
+                    cursor.copy_expert(_PG_COPY_STAGE, io.StringIO(text))
+                    cursor.execute(_PG_MERGE)
+                    if nested:
+                        cursor.execute("DELETE FROM positions_stage")
             finally:
                 cursor.close()
         else:
+            serialize_ids(connection)
             connection.execute(
                 insert_ignoring(schema.positions, self.dialect, ("device_id", "fingerprint")),
                 [dict(zip(POSITION_COLUMNS, row)) for row in rows])

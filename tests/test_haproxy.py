@@ -32,6 +32,7 @@ defaults
     timeout connect 2s
     timeout client 120s
     timeout server 120s
+    timeout check 2s
     retries 3
     option redispatch
 frontend devices
@@ -39,8 +40,8 @@ frontend devices
     default_backend gateways
 backend gateways
     balance roundrobin
-    server a 127.0.0.2:{a} send-proxy-v2 check check-send-proxy inter 300ms fall 1 rise 1
-    server b 127.0.0.3:{b} send-proxy check check-send-proxy inter 300ms fall 1 rise 1
+    server a 127.0.0.2:{a} send-proxy-v2 check check-send-proxy inter 300ms fall 2 rise 1
+    server b 127.0.0.3:{b} send-proxy check check-send-proxy inter 300ms fall 2 rise 1
 """
 
 

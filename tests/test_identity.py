@@ -102,3 +102,29 @@ def test_claimants_per_device_are_bounded():
         c.claim(victim, "dev")
     assert len(c._claims["dev"]) == 16
     assert victim in c._claims["dev"] and c.conflict("dev") is not None
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), max_size=40),
+       st.lists(st.sampled_from(["p1", "p2", "p1"]), min_size=6, max_size=6))
+def test_conflict_is_the_first_overlapping_pair(steps, peers):
+    """
+    L{Claims.conflict} stops looking once later sessions started after the
+    earlier one last spoke; what it finds is what comparing every pair finds.
+    """
+    clock, c = claims()
+    sessions = [FakeSession(peers[i]) for i in range(6)]
+    for index, delay in steps:
+        clock.advance(delay)
+        c.claim(sessions[index], "dev")
+    now = clock.seconds()
+    active = sorted(((cl.first, cl.last, s) for s, cl in c._claimants("dev").items()
+                     if now - cl.last <= c.window), key=lambda t: t[0])
+    expected = None
+    for i, (_, last_a, a) in enumerate(active):
+        for first_b, _, b in active[i + 1:]:
+            if a.peer != b.peer and last_a >= first_b and expected is None:
+                expected = (a, b)
+    assert c.conflict("dev") == expected

@@ -338,3 +338,44 @@ def test_commands_wait_while_a_decoder_says_so():
     session.data_received(b"TOY,7,1\n")
     assert session.send(b"RELAY,1\n")
     assert out == [b"PING,7\n", b"ACK,7\n", b"RELAY,1\n"]
+
+
+def test_a_new_udp_port_of_a_known_host_asks_its_last_decoder_first():
+    """
+    A device behind a NAT that sends every datagram from a new port is not
+    run through every decoder each time; another device behind the same
+    address that speaks another protocol is still recognised.
+    """
+    from gateway.registry import discover
+    from tests.harness import frame_of
+
+    asked = []
+
+    class Counting:
+        def __init__(self, decoder):
+            self._decoder = decoder
+
+        def __getattr__(self, name):
+            return getattr(self._decoder, name)
+
+        def detect(self, head, transport):
+            asked.append(self._decoder.name)
+            return self._decoder.detect(head, transport)
+
+    decoders = {name: Counting(d) for name, d in discover().items()}
+    hub = Hub(decoders, MemoryStore(), Clock())
+    endpoint = DatagramEndpoint(hub)
+    sent = []
+    endpoint.transport = type("T", (), {"write": lambda self, data, addr: sent.append((data, addr))})()
+    gosafe = frame_of("gosafe-036")
+    endpoint.datagramReceived(gosafe, ("10.0.0.1", 1000))
+    assert len(asked) == len([d for d in decoders.values() if "udp" in d.transports])
+    del asked[:]
+    endpoint.datagramReceived(gosafe, ("10.0.0.1", 1001))
+    assert asked == ["gosafe"]
+    assert endpoint.sessions[("10.0.0.1", 1001)].protocol == "gosafe"
+    assert [addr for _, addr in sent] == [("10.0.0.1", 1000), ("10.0.0.1", 1001)]
+    del asked[:]
+    endpoint.datagramReceived(frame_of("h02-094"), ("10.0.0.1", 1002))
+    assert asked[0] == "gosafe" and len(asked) > 1
+    assert endpoint.sessions[("10.0.0.1", 1002)].protocol == "h02"

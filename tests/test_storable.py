@@ -84,3 +84,67 @@ def test_position_made_storable():
     assert q.attributes["a"] == "\\x00"
     # The same raw record re-sent is made the same: it is still stored once.
     assert storable.position(p).fingerprint() == q.fingerprint()
+
+
+# -- the fast paths give exactly what the reference paths give -------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from gateway.model import canonical_json, isoformat  # noqa: E402
+
+_keys = st.one_of(st.text(max_size=8), st.sampled_from(["speed", "io1", "gosafe.model", "k" * 129]))
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=2 ** 62, max_value=2 ** 65),
+    st.floats(), st.floats(min_value=-1e-3, max_value=1e-3), st.floats(min_value=1e15, max_value=1e17),
+    st.text(), st.text(alphabet=st.characters(max_codepoint=0xa0)), st.binary(max_size=4))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.tuples(inner, inner), st.dictionaries(_keys, inner, max_size=3)),
+    max_leaves=8)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=6), st.one_of(st.none(), st.text(max_size=80)),
+       st.one_of(st.none(), st.floats()))
+def test_prepared_is_position_and_canonical_json(attributes, event, latitude):
+    """
+    L{storable.prepared} (orjson where it writes the same bytes) gives what
+    L{storable.position} and L{canonical_json} give: fingerprints of stored
+    records depend on that text.
+    """
+    record = Position(time=datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc), latitude=latitude,
+                      event=event, attributes=attributes)
+    reference = storable.position(record)
+    made, text = storable.prepared(record)
+    assert made == reference and made.attributes == reference.attributes
+    assert text == canonical_json(reference.attributes)
+
+
+@given(st.datetimes(timezones=st.one_of(st.none(), st.timezones())))
+def test_isoformat_text(value):
+    try:
+        utc = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        return
+    expected = utc.replace(tzinfo=None, microsecond=0).isoformat()
+    if utc.microsecond:
+        expected += ".%03d" % (utc.microsecond // 1000)
+    assert isoformat(value) == expected + "Z"
+
+
+def test_printable_ascii_attributes_take_the_fast_writer(monkeypatch):
+    """
+    Where orjson is installed (CPython), it writes the JSON of the common
+    record; text it would write differently goes to C{json}.
+    """
+    import pytest
+
+    orjson = pytest.importorskip("orjson")
+    calls = []
+    monkeypatch.setattr(storable, "_orjson", lambda *a, **kw: calls.append(a) or orjson.dumps(*a, **kw))
+    record = Position(time=None, attributes={"b": "G3SC;V3.37", "a": 1.5, "io": [1, None, True]})
+    assert storable.prepared(record)[1] == '{"a":1.5,"b":"G3SC;V3.37","io":[1,null,true]}'
+    assert len(calls) == 1
+    for slow in ({"t": "caf\u00e9"}, {"t": "tab\t"}, {"x": 1e-05}, {"k\u00e9": 1}):
+        record = Position(time=None, attributes=slow)
+        assert storable.prepared(record)[1] == canonical_json(slow)
+    assert len(calls) == 1

@@ -83,6 +83,96 @@ def test_resent_record_stored_once_same_time_different_record_kept(store):
     assert count(store.engine) == 4
 
 
+def test_a_batch_holding_stored_records_stores_each_once(db_url):
+    # PostgreSQL COPYs a batch straight into positions; one that holds a
+    # record stored already (or the same record twice) is merged instead,
+    # also while a refused record is searched for, part by part.
+    engine = engine_for(db_url)
+    migrate(engine)
+    _refuse(engine)
+    first = Store(engine, ThreadReactor())
+    first.start()
+    assert wait_for(first.submit("dev1", "toy", "p", [rec(0), rec(1)])) is None
+    wait_for(first.stop())
+    for batch, rows, rejected in [
+            ([("dev1", [rec(1), rec(2)]), ("dev2", [rec(1)]), ("dev1", [rec(2)]), ("dev3", [rec(3)])], 5, 0),
+            ([("dev1", [rec(2), rec(4)]), ("devp", [rec(5, event="refused")]), ("dev2", [rec(1)])], 6, 1),
+            ([("dev3", [rec(3)])], 6, 1)]:
+        s = Store(engine, ThreadReactor())
+        # Queued before the writer runs: one batch.
+        ds = [s.submit(device, "toy", "p", records) for device, records in batch]
+        s.start()
+        try:
+            assert [wait_for(d) for d in ds] == [None] * len(ds)
+        finally:
+            wait_for(s.stop())
+        assert (count(engine), count(engine, schema.rejected_records)) == (rows, rejected)
+    p = schema.positions.c
+    with engine.connect() as c:
+        stored = c.execute(select(p.device_id, p.time).order_by(p.id)).all()
+    assert [(d, t.second) for d, t in stored] == [
+        ("dev1", 0), ("dev1", 1), ("dev1", 2), ("dev2", 1), ("dev3", 3), ("dev1", 4)]
+
+
+def test_attributes_read_back_as_written(store):
+    # Stored as the JSON text the fingerprint covers: sorted keys, -0.0 and
+    # 1e300 as they were (JSONB would reorder the keys by length, drop the
+    # sign of -0.0 and write 1e300 as a 301-digit integer).
+    attributes = {"zz": 1e300, "a": -0.0, "bbb": [1.5, "x"], "cc": {"y": 1, "x": 2}}
+    wait_for(store.submit("dev1", "toy", "peer", [rec(0, attributes=attributes, alarm=("sos",))]))
+    with store.engine.connect() as c:
+        row = c.execute(select(schema.positions)).mappings().one()
+    assert list(row["attributes"]) == ["a", "bbb", "cc", "zz"]
+    assert list(row["attributes"]["cc"]) == ["x", "y"]
+    assert row["attributes"] == attributes and row["alarm"] == ["sos"]
+    assert type(row["attributes"]["zz"]) is float and str(row["attributes"]["a"]) == "-0.0"
+
+
+def _upgrade_to(engine, revision):
+    import os
+
+    from alembic import command
+    from alembic.config import Config
+
+    import gateway.store
+
+    config = Config()
+    config.set_main_option("script_location",
+                           os.path.join(os.path.dirname(gateway.store.__file__), "migrations"))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def test_upgrade_to_json_text_keeps_records(db_url):
+    # A database of revision 0005 (JSONB on PostgreSQL) with a record in it.
+    engine = engine_for(db_url)
+    _upgrade_to(engine, "0005")
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO positions (device_id, time, server_time, valid, alarm, attributes, fingerprint) "
+            "VALUES ('dev1', NULL, CURRENT_TIMESTAMP, false, '[\"sos\"]', "
+            "'{\"b\": [1, 2.5], \"a\": \"x\"}', 'f1')")
+    migrate(engine)
+    with engine.connect() as c:
+        row = c.execute(select(schema.positions)).mappings().one()
+        if engine.dialect.name == "postgresql":
+            types = dict(c.exec_driver_sql(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'positions' AND column_name IN ('alarm', 'attributes')").all())
+            assert types == {"alarm": "json", "attributes": "json"}
+    assert row["alarm"] == ["sos"] and row["attributes"] == {"a": "x", "b": [1, 2.5]}
+    # Stored after the upgrade, and deduplicated, as before it.
+    s = Store(engine, ThreadReactor())
+    s.start()
+    try:
+        for _ in range(2):
+            assert wait_for(s.submit("dev1", "toy", "p", [rec(0, attributes={"k": 1})])) is None
+    finally:
+        wait_for(s.stop())
+    assert count(engine) == 2
+
+
 def test_many_submissions_are_batched(store):
     ds = [store.submit(f"dev{i % 7}", "toy", "peer", [rec(i % 60, speed_kmh=float(i))])
           for i in range(3000)]
@@ -339,3 +429,37 @@ def test_rejected_command_lists_them_escaped(sqlite_url, capsys):
     [row] = json.loads(capsys.readouterr().out)
     assert row["device_id"] == "1\\x00\\x1b[2J" and row["hex"] == "0001726177"
     assert row["kind"] == "device_id" and row["transport"] == "udp" and row["length"] == 5
+
+
+# -- a frame's COPY lines are the reference rows, made faster --------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from gateway import storable  # noqa: E402
+from gateway.model import ALARMS  # noqa: E402
+from gateway.store import _copy_line, copy_lines, position_row  # noqa: E402
+
+_numbers = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False))
+_records = st.builds(
+    Position,
+    time=st.one_of(st.none(), st.datetimes(timezones=st.one_of(st.none(), st.timezones()),
+                                           min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1))),
+    latitude=_numbers, longitude=_numbers, valid=st.booleans(), speed_kmh=_numbers, course=_numbers,
+    altitude_m=_numbers, alarm=st.lists(st.sampled_from(sorted(ALARMS)), max_size=3),
+    event=st.one_of(st.none(), st.text(max_size=70)),
+    attributes=st.dictionaries(st.text(max_size=6), st.one_of(st.text(max_size=8), st.integers(), _numbers),
+                               max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_records, min_size=1, max_size=4), st.text(alphabet="ab\\\t12", min_size=1, max_size=5))
+def test_copy_lines_are_the_reference_rows(records, device_id):
+    """
+    L{copy_lines} writes, for every record, the line L{_copy_line} writes for
+    L{position_row}, fingerprint included (L{Position.fingerprint}).
+    """
+    received = datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=timezone.utc)
+    prepared = [storable.prepared(r) for r in records]
+    expected = [_copy_line(position_row(device_id, "gosafe", r, received)) for r, _ in prepared]
+    assert copy_lines(device_id, "gosafe", prepared, received) == expected
+    assert [line.rsplit("\t", 1)[1] for line in expected] == [r.fingerprint() + "\n" for r, _ in prepared]
