@@ -268,6 +268,25 @@ _PG_MERGE = (f"INSERT INTO positions ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM
 _UNIQUE_VIOLATION = "23505"
 
 
+class CopyRefused(Exception):
+    """
+    The server refused a COPY's data (not an outage: the batch is searched
+    for what it refuses).
+    """
+
+
+def _refused_copy(error: BaseException, cursor) -> bool:
+    """
+    Whether a COPY failed because the server refused it, though the driver
+    does not say why: psycopg2cffi (PyPy) reports every error of a COPY as an
+    C{OperationalError} without its SQLSTATE, but with the server's message;
+    with the connection still open and the guard not involved, the server
+    answered, with a refusal.
+    """
+    return (getattr(error, "pgcode", None) is None and not isinstance(error, DatabaseUnavailable)
+            and getattr(error, "pgerror", None) is not None and cursor.connection.closed == 0)
+
+
 class _Submission:
     __slots__ = ("device_id", "protocol", "peer", "transport", "records", "received", "deferred",
                  "frame", "finished", "rows")
@@ -1224,11 +1243,16 @@ class Store:
                 try:
                     cursor.copy_expert(_PG_COPY, io.StringIO(text))
                 except Exception as e:
-                    if getattr(e, "pgcode", None) != _UNIQUE_VIOLATION:
+                    if getattr(e, "pgcode", None) != _UNIQUE_VIOLATION and not _refused_copy(e, cursor):
                         raise
                     cursor.execute(_PG_UNDO)
                     cursor.execute(_PG_STAGE)
-                    cursor.copy_expert(_PG_COPY_STAGE, io.StringIO(text))
+                    try:
+                        cursor.copy_expert(_PG_COPY_STAGE, io.StringIO(text))
+                    except Exception as e:
+                        if _refused_copy(e, cursor):
+                            raise CopyRefused(_first_line(e)) from e
+                        raise
                     cursor.execute(_PG_MERGE)
                     if nested:
                         cursor.execute("DELETE FROM positions_stage")
