@@ -78,7 +78,7 @@ class StreamProtocol(Protocol):
         write = self._write_now if direct else transport.write
         self.session = Session(self.factory.hub, "tcp", _peer(transport.getPeer()),
                                write, transport.loseConnection,
-                               pause=tcp.pauseProducing, resume=tcp.resumeProducing)
+                               flow=tcp)
         self.factory.opened(self)
 
     def _write_now(self, data: bytes) -> None:

@@ -98,30 +98,24 @@ class Session:
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "key", "write", "_close", "_pause", "_resume", "decoder",
+    __slots__ = ("hub", "transport", "peer", "_serial", "write", "_close", "_flow", "decoder",
                  "device_id", "context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since",
                  "_commands_wait", "touched")
 
     def __init__(self, hub, transport: str, peer: str,
-                 write: Callable[[bytes], None], close: Callable[[], None],
-                 pause: Optional[Callable[[], None]] = None,
-                 resume: Optional[Callable[[], None]] = None):
+                 write: Callable[[bytes], None], close: Callable[[], None], flow=None):
         """
-        @param pause: stop reading from the device (TCP backpressure);
-            C{resume} starts again.
+        @param flow: what stops and starts reading from the device (TCP
+            backpressure): its C{pauseProducing} and C{resumeProducing}.
         """
         self.hub = hub
         self.transport = transport
         self.peer = peer
-        # Unique among the sessions of every gateway process: a command keeps
-        # the key of the session it was written on (only a reply there
-        # confirms it).
-        self.key = f"{os.getpid()}/{next(_serial)} {transport} {peer}"
+        self._serial = next(_serial)
         self.write = write
         self._close = close
-        self._pause = pause
-        self._resume = resume
+        self._flow = flow
         self.decoder = None
         self.device_id: Optional[str] = None
         self.context = Context(transport=transport, peer=peer,
@@ -142,6 +136,15 @@ class Session:
         self._commands_wait = False
         #: When the hub last told the store this session's device was seen.
         self.touched = _NEVER
+
+    @property
+    def key(self) -> str:
+        """
+        Unique among the sessions of every gateway process: a command keeps
+        the key of the session it was written on (only a reply there confirms
+        it). Made when asked for: an idle session does not hold it.
+        """
+        return f"{os.getpid()}/{self._serial} {self.transport} {self.peer}"
 
     @property
     def protocol(self) -> Optional[str]:
@@ -388,8 +391,8 @@ class Session:
     def _hold(self) -> None:
         if not self._held:
             self._held = True
-            if self._pause is not None:
-                self._pause()
+            if self._flow is not None:
+                self._flow.pauseProducing()
 
     def _release(self) -> None:
         # Bytes read before the pause are framed first; reading resumes only
@@ -398,8 +401,8 @@ class Session:
         self._drain()
         if self._busy():
             self._held = True
-        elif self._resume is not None and self.open:
-            self._resume()
+        elif self._flow is not None and self.open:
+            self._flow.resumeProducing()
 
     # -- misc -------------------------------------------------------------
 
