@@ -360,56 +360,42 @@ def table(results, args, load):
     idle = {name: statistics.median(results[("idle", name)]) for name in ("bare", "trackport")}
     lines += ["", f"idle TCP session: bare {idle['bare']:.2f} KB, trackport {idle['trackport']:.2f} KB"
                   f" (RSS growth over {args.idle - max(1, args.idle // 10)} sessions, median)"]
-    if args.default_gc:
-        lines += ["", "The same gateway with CPython's default GC settings, in the same rounds:", "",
-                  "| traffic | gateway µs/rec, tuned GC | default GC | PG backends µs/rec (default GC) "
-                  "| durable rec/s (default GC) | ack p50/p99 ms (default GC) |",
-                  "|---|---|---|---|---|---|"]
-        for label, _, _ in scenarios(args):
-            gateway, default = (label, "trackport"), (label, "default-gc")
-            lines.append(
-                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, default, 'process')}"
-                f" | {spread(results, default, 'backends')} | {median(results, default, 'rate'):,.0f}"
-                f" | {median(results, default, 'p50'):.0f} / {median(results, default, 'p99'):.0f} |")
-        lines.append(f"idle TCP session with the default GC: "
-                     f"{statistics.median(results[('idle', 'default-gc')]):.2f} KB")
+    others = ([("default-gc", "The same gateway with CPython's default GC settings")] if args.default_gc else [])
     if args.baseline:
-        lines += ["", f"The gateway of {args.baseline} (baseline), on a database of its own, in the same rounds:",
-                  "", "| traffic | gateway µs/rec | baseline | PG backends µs/rec | baseline "
-                  "| durable rec/s (baseline) | ack p50/p99 ms (baseline) |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, _, _ in scenarios(args):
-            gateway, base = (label, "trackport"), (label, "baseline")
-            lines.append(
-                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, base, 'process')}"
-                f" | {spread(results, gateway, 'backends')} | {spread(results, base, 'backends')}"
-                f" | {median(results, gateway, 'rate'):,.0f} ({median(results, base, 'rate'):,.0f})"
-                f" | {median(results, gateway, 'p50'):.0f} / {median(results, gateway, 'p99'):.0f}"
-                f" ({median(results, base, 'p50'):.0f} / {median(results, base, 'p99'):.0f}) |")
-        lines.append(f"idle TCP session of the baseline: "
-                     f"{statistics.median(results[('idle', 'baseline')]):.2f} KB")
-    for name, twistd in args.compare:
-        lines += ["", f"The gateway started by {twistd} ({name}) in the same rounds, beside the default"
-                      f" one ({os.path.join(ingest.BIN, 'twistd')}):", "",
-                  f"| traffic | gateway µs/rec | {name} | PG backends µs/rec | {name} "
-                  f"| durable rec/s | {name} | ack p99 ms | {name} |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for label, _, _ in scenarios(args):
-            gateway, other = (label, "trackport"), (label, name)
-            lines.append(
-                f"| {label} | {spread(results, gateway, 'process')} | {spread(results, other, 'process')}"
-                f" | {spread(results, gateway, 'backends')} | {spread(results, other, 'backends')}"
-                f" | {median(results, gateway, 'rate'):,.0f} | {median(results, other, 'rate'):,.0f}"
-                f" | {median(results, gateway, 'p99'):.0f} | {median(results, other, 'p99'):.0f} |")
-        lines += [""] + [
-            f"{what}: trackport {statistics.median(results[(key, 'trackport')]):{fmt}}{unit},"
-            f" {name} {statistics.median(results[(key, name)]):{fmt}}{unit} (median)"
-            for what, key, fmt, unit in [
-                ("idle TCP session", "idle", ".2f", " KB"),
-                ("start-up (exec to ready)", "startup", ".2f", " s"),
-                ("RSS when ready", "rss-ready", ".0f", " MiB"),
-                ("RSS after the round", "rss-after", ".0f", " MiB")]]
+        others.append(("baseline", f"The gateway of {args.baseline}, on a database of its own"))
+    others += [(name, f"The gateway started by {twistd}") for name, twistd in args.compare]
+    for name, title in others:
+        lines += ["", f"{title} ({name}), in the same rounds, beside this one:"] + beside(results, args, name)
     return "\n".join(lines)
+
+
+def beside(results, args, name) -> list:
+    """
+    Table lines setting the gateway C{name} beside this checkout's.
+    """
+    lines = ["", f"| traffic | gateway µs/rec | {name} | PG backends µs/rec | {name} | durable rec/s | {name} "
+                 f"| ack p50/p99 ms | {name} |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, _, _ in scenarios(args):
+        cells = []
+        for field, show in (("process", None), ("backends", None), ("rate", "{:,.0f}"), ("p50", None)):
+            for side in ("trackport", name):
+                key = (label, side)
+                if field == "p50":
+                    cells.append(f"{median(results, key, 'p50'):.0f} / {median(results, key, 'p99'):.0f}")
+                elif show:
+                    cells.append(show.format(median(results, key, field)))
+                else:
+                    cells.append(spread(results, key, field))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for what, key, fmt, unit in [("idle TCP session", "idle", ".2f", " KB"),
+                                 ("start-up (exec to ready)", "startup", ".2f", " s"),
+                                 ("RSS when ready", "rss-ready", ".0f", " MiB"),
+                                 ("RSS after the round", "rss-after", ".0f", " MiB")]:
+        if (key, name) in results:
+            lines.append(f"{what}: this gateway {statistics.median(results[(key, 'trackport')]):{fmt}}{unit},"
+                         f" {name} {statistics.median(results[(key, name)]):{fmt}}{unit} (median)")
+    return lines
 
 
 @defer.inlineCallbacks
