@@ -20,7 +20,6 @@ import io
 import os
 import statistics
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
