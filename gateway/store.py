@@ -605,7 +605,8 @@ class Store:
         error = None
         if self._stopping:
             error = StoreStopped("the gateway is stopping")
-        elif device_id is not None and device_id not in self._ids and not self._is_id(device_id):
+        elif device_id is not None and not (type(device_id) is str and device_id in self._ids) \
+                and not self._is_id(device_id):
             error = ValueError(f"not a device id: {storable.text(device_id, 80)!r}")
         elif self._pending + len(records) > self.max_pending:
             error = Overloaded(f"{self._pending} records wait for the database (limit {self.max_pending})")
