@@ -53,6 +53,10 @@ class Hub:
         self.detector = Detector(self.decoders.values(), clock)
         self.store_ = store
         self.clock = clock
+        # Made once and shared by every session's context (a bound method
+        # made per session would cost each idle one 64 bytes).
+        self.lookup = self.settings
+        self.seconds = clock.seconds
         self._settings = settings if settings is not None else {}
         self.sessions: Dict[str, object] = {}
         self.commands = None

@@ -119,7 +119,7 @@ class Session:
         self.decoder = None
         self.device_id: Optional[str] = None
         self.context = Context(transport=transport, peer=peer,
-                               lookup=hub.settings, seconds=hub.clock.seconds)
+                               lookup=hub.lookup, seconds=hub.seconds)
         self.open = True
         self.opened = self.last_seen = hub.clock.seconds()
         self._buffer = b""
