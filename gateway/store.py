@@ -456,8 +456,9 @@ def copy_lines(device_id, protocol, prepared, received: datetime) -> List[str]:
     lines = []
     for record, attributes_json in prepared:
         time, alarm, event = record.time, record.alarm, record.event
-        values = (record.latitude, record.longitude, record.speed_kmh, record.course, record.altitude_m)
-        latitude, longitude, speed, course, altitude = texts = [repr(v) for v in values]
+        latitude, longitude, speed, course, altitude = (
+            repr(record.latitude), repr(record.longitude), repr(record.speed_kmh), repr(record.course),
+            repr(record.altitude_m))
         if time is None:
             time_text, stamp = _NULL, ""
         else:
@@ -470,11 +471,12 @@ def copy_lines(device_id, protocol, prepared, received: datetime) -> List[str]:
         digest = blake2b(
             f"{stamp}|{latitude}|{longitude}|{record.valid!r}|{speed}|{course}|{altitude}"
             f"|{','.join(alarm)}|{event or ''}|{attributes_json}".encode(), digest_size=16).hexdigest()
-        latitude, longitude, speed, course, altitude = [
-            _NULL if v is None else t for v, t in zip(values, texts)]
+        # repr(None) is the fingerprint's text for a missing number; COPY's is \N.
         lines.append(
-            f"{head}{time_text}\t{server_time}\t{latitude}\t{longitude}\t"
-            f"{'t' if record.valid else 'f'}\t{speed}\t{course}\t{altitude}\t"
+            f"{head}{time_text}\t{server_time}\t{_NULL if latitude == 'None' else latitude}\t"
+            f"{_NULL if longitude == 'None' else longitude}\t{'t' if record.valid else 'f'}\t"
+            f"{_NULL if speed == 'None' else speed}\t{_NULL if course == 'None' else course}\t"
+            f"{_NULL if altitude == 'None' else altitude}\t"
             f"{_escaped(json.dumps(list(alarm))) if alarm else '[]'}\t{_copy_text(event)}\t"
             f"{_escaped(attributes_json)}\t{digest}\n")
     return lines
