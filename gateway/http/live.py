@@ -58,6 +58,10 @@ class Feed:
         self.cursor = None
         self._behind = False
         self.clients = set()
+        #: Every open client, from the moment it opened: device events are
+        #: not replayed from the database, so they reach a client even while
+        #: it still catches up on records (and before it joined C{clients}).
+        self.listeners = set()
         self._busy = False
         self._again = False
         self._loop = LoopingCall(self.wake)
@@ -84,7 +88,7 @@ class Feed:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
-        for client in list(self.clients):
+        for client in list(self.listeners | self.clients):
             client.dropConnection(abort=True)
 
     def wake(self) -> None:
@@ -125,7 +129,7 @@ class Feed:
             "transport": session.transport, "peer": session.peer,
             "at": isoformat_seconds(self.clock.seconds())}}
         payload = json.dumps(message).encode("utf-8")
-        for client in list(self.clients):
+        for client in list(self.listeners):
             client.push(payload)
 
 
@@ -183,6 +187,7 @@ class LiveProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
         if self.raw is not None:
             feed.hub.taps.setdefault(self.raw, []).append(self._raw)
+        feed.listeners.add(self)
         self._join().addErrback(self._catch_up_failed)
 
     @defer.inlineCallbacks
@@ -265,6 +270,7 @@ class LiveProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         feed = self.factory.feed
         feed.clients.discard(self)
+        feed.listeners.discard(self)
         if getattr(self, "raw", None) is not None:
             watchers = feed.hub.taps.get(self.raw, [])
             if self._raw in watchers:
