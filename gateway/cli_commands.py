@@ -133,7 +133,9 @@ def cmd_commands(args) -> int:
 
 
 def register(sub) -> None:
-    from gateway.commands import STATUSES
+    # The constant, not gateway.commands: every CLI call (decode too) builds
+    # this parser, and that module brings SQLAlchemy and Twisted with it.
+    from gateway.model import COMMAND_STATUSES as STATUSES
 
     p = sub.add_parser("send", help="queue a command for a device; prints its id")
     p.add_argument("device_id", type=device_id)

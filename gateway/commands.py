@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from gateway import schema
 from gateway.hexdump import hexdump, printable
 from gateway.interfaces import EncodeError
-from gateway.model import COMMAND_TYPES, Command
+from gateway.model import COMMAND_STATUSES, COMMAND_TYPES, Command
 from gateway.ordering import serialize_ids
 from gateway.registry import encoder_for
 from gateway.store import insert_ignoring, utc
@@ -64,7 +64,7 @@ STOPPING = ("engine_stop", "custom")
 #: queue until the command expires.
 REPLY_WAIT = 60
 
-STATUSES = ("queued", "waiting", "sent", "confirmed", "failed", "expired", "cancelled")
+STATUSES = COMMAND_STATUSES
 #: Not yet written to any session.
 UNSENT = ("queued", "waiting")
 

@@ -28,6 +28,9 @@ COMMAND_TYPES = frozenset(
     ["engine_stop", "engine_resume", "position_request", "reboot", "set_interval", "custom"]
 )
 
+#: The states of a queued command (docs/commands.md).
+COMMAND_STATUSES = ("queued", "waiting", "sent", "confirmed", "failed", "expired", "cancelled")
+
 
 _UTC = timezone.utc
 

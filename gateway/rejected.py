@@ -7,12 +7,11 @@ refused), with the reason.
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
-from gateway import schema
 from gateway.hexdump import printable
 from gateway.model import isoformat
-from gateway.store import utc
+
+# SQLAlchemy, the schema and the store are imported where they are used: every CLI
+# call (`trackport decode` too) builds its parser with this module.
 
 COLUMNS = ["id", "received_at", "kind", "transport", "peer", "protocol", "device_id", "reason", "length", "hex"]
 
@@ -21,6 +20,11 @@ def rejected(engine, limit: int = 100):
     """
     The latest C{limit} rejected rows, oldest first, as JSON-ready dicts.
     """
+    from sqlalchemy import select
+
+    from gateway import schema
+    from gateway.store import utc
+
     r = schema.rejected_records.c
     with engine.connect() as connection:
         rows = connection.execute(

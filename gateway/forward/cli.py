@@ -10,11 +10,10 @@ import json
 import sys
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select, update
-
-from gateway import schema
 from gateway.model import isoformat
-from gateway.store import now, utc
+
+# SQLAlchemy, the schema and the store are imported where they are used: every CLI
+# call (`trackport decode` too) builds its parser with this module.
 
 
 def sink_status(engine) -> list:
@@ -23,6 +22,11 @@ def sink_status(engine) -> list:
     deliver: C{waiting} records and C{waiting_events} command status changes
     after its cursor, and C{lag_s}, the age of the oldest waiting record.
     """
+    from sqlalchemy import func, select
+
+    from gateway import schema
+    from gateway.store import now, utc
+
     s = schema.forward_sinks.c
     p = schema.positions.c
     e = schema.command_events.c
@@ -50,6 +54,10 @@ def replay(engine, name: str, since: datetime = None, from_id: int = None) -> di
     C{since}, with the command status changes since then) are delivered
     again. A cursor never moves forward here: replay cannot skip anything.
     """
+    from sqlalchemy import func, select, update
+
+    from gateway import schema
+
     s = schema.forward_sinks.c
     p = schema.positions.c
     e = schema.command_events.c

@@ -16,11 +16,11 @@ import secrets
 from typing import List, Optional
 
 import attrs
-from sqlalchemy import delete, select
 
-from gateway import schema
 from gateway.model import isoformat
-from gateway.store import now, utc
+
+# SQLAlchemy, the schema and the store are imported where they are used: every CLI
+# call (`trackport decode` too) builds its parser with this module.
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}\Z")
 
@@ -45,6 +45,11 @@ def create(engine, name: str, read_only: bool = False) -> str:
 
     @raise ValueError: the name is malformed or taken.
     """
+    from sqlalchemy import select
+
+    from gateway import schema
+    from gateway.store import now
+
     if not _NAME.match(name):
         raise ValueError(f"token name {name!r}: letters, digits and _.@- only, at most 64")
     token = "tp_" + secrets.token_urlsafe(32)
@@ -61,11 +66,20 @@ def revoke(engine, name: str) -> bool:
     """
     Delete the token named C{name}; C{False} when there was none.
     """
+    from sqlalchemy import delete
+
+    from gateway import schema
+
     with engine.begin() as connection:
         return connection.execute(delete(schema.api_tokens).where(schema.api_tokens.c.name == name)).rowcount > 0
 
 
 def listing(engine) -> List[dict]:
+    from sqlalchemy import select
+
+    from gateway import schema
+    from gateway.store import utc
+
     t = schema.api_tokens
     with engine.connect() as connection:
         rows = connection.execute(select(t.c.name, t.c.read_only, t.c.created_at).order_by(t.c.name)).all()
@@ -77,6 +91,10 @@ def verify(engine, token: Optional[str]) -> Optional[Grant]:
     """
     The grant of C{token}, or L{None} when it is missing or not a token.
     """
+    from sqlalchemy import select
+
+    from gateway import schema
+
     if not token or len(token) > 200:
         return None
     t = schema.api_tokens
