@@ -49,6 +49,30 @@ def wait_until(predicate, timeout=10):
     return predicate()
 
 
+
+class ToyDevice:
+    """
+    A toy-protocol device on one TCP connection to C{port}: it numbers its
+    reports, one record each, and remembers which were acked.
+    """
+
+    def __init__(self, port, name):
+        self.port, self.name, self.acked, self.n = port, name, [], 0
+        self.connect()
+
+    def connect(self):
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        self.local_port = self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.local_port}"
+
+    def report(self):
+        self.sock.sendall(f"TOY,{self.name},1,{self.n}\n".encode())
+        ack = f"ACK,{self.name}\n".encode()
+        if recv_exactly(self.sock, len(ack), timeout=20) != ack:
+            raise ConnectionError("no ack")
+        self.acked.append(self.n)
+        self.n += 1
+
 def test_tcp_records_stored_and_acked(gateway, db_url):
     g = gateway(db_url, extra_env=TOY)
     s = tcp(g.port)

@@ -267,6 +267,19 @@ def test_gateway_starts_while_database_is_down(pg_url, proxy, gateway):
     assert "database answering after" in g.output()
 
 
+def _sigterm(g, device) -> float:
+    """
+    Seconds the gateway takes to exit on SIGTERM; the device then stops.
+    """
+    began = time.monotonic()
+    g.proc.send_signal(signal.SIGTERM)
+    g.proc.wait(30)
+    took = time.monotonic() - began
+    device.stop.set()
+    device.join(5)
+    return took
+
+
 @pytest.mark.parametrize("fault", ["blackhole", "refuse"])
 def test_sigterm_is_bounded_whatever_the_database_does(pg_url, proxy, gateway, fault):
     g = gateway(proxy.url(pg_url))
@@ -275,12 +288,7 @@ def test_sigterm_is_bounded_whatever_the_database_does(pg_url, proxy, gateway, f
     assert wait_until(lambda: len(device.acks) >= 3, 30)
     getattr(proxy, fault)()
     time.sleep(3)  # records now wait for the database, unacked
-    began = time.monotonic()
-    g.proc.send_signal(signal.SIGTERM)
-    g.proc.wait(30)
-    took = time.monotonic() - began
-    device.stop.set()
-    device.join(5)
+    took = _sigterm(g, device)
     print(f"SIGTERM with the database {fault}: {took:.1f}s")
     assert took <= 10, f"SIGTERM took {took:.1f}s"
     # Nothing acked is lost: the frames acked are all stored.
@@ -292,12 +300,7 @@ def test_sigterm_is_quick_with_a_healthy_database(pg_url, gateway):
     device = Device(g.port, 4)
     device.start()
     assert wait_until(lambda: len(device.acks) >= 3, 30)
-    began = time.monotonic()
-    g.proc.send_signal(signal.SIGTERM)
-    g.proc.wait(30)
-    took = time.monotonic() - began
-    device.stop.set()
-    device.join(5)
+    took = _sigterm(g, device)
     print(f"SIGTERM with a healthy database: {took:.1f}s")
     assert took <= 5, f"SIGTERM took {took:.1f}s"
     assert stored(pg_url) >= 3 * len(device.acks)

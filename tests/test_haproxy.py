@@ -20,7 +20,7 @@ from sqlalchemy import text
 from gateway.store import engine_for
 from tests.conftest import free_port
 from tests.test_commands_e2e import send, wait_status
-from tests.test_e2e import TOY, recv_exactly, wait_until
+from tests.test_e2e import TOY, ToyDevice, recv_exactly, wait_until
 
 HAPROXY = shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy")
 
@@ -71,22 +71,11 @@ def _listening(port):
         return False
 
 
-class Device:
-    def __init__(self, front, name):
-        self.front, self.name, self.acked, self.n = front, name, [], 0
-        self.connect()
-
-    def connect(self):
-        self.sock = socket.create_connection(("127.0.0.1", self.front), timeout=20)
-        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
-
-    def report(self):
-        self.sock.sendall(f"TOY,{self.name},1,{self.n}\n".encode())
-        ack = f"ACK,{self.name}\n".encode()
-        if recv_exactly(self.sock, len(ack), timeout=20) != ack:
-            raise ConnectionError("no ack")
-        self.acked.append(self.n)
-        self.n += 1
+class Device(ToyDevice):
+    """
+    A toy device behind the balancer, which reconnects (and may land on the
+    other host) when its connection fails.
+    """
 
     def report_reconnecting(self):
         for _ in range(5):

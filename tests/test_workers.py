@@ -16,7 +16,7 @@ from sqlalchemy import text
 from gateway.store import engine_for
 from gateway.workers import worker_argv
 from tests.test_commands_e2e import send, wait_status
-from tests.test_e2e import TOY, recv_exactly, wait_until
+from tests.test_e2e import TOY, ToyDevice, recv_exactly, wait_until
 
 
 def test_worker_options():
@@ -43,33 +43,12 @@ def _worker_of(pids, server_port, client_port):
     return next((index for index, pid in pids.items() if pid in found), None)
 
 
-class Device:
-    """
-    A toy device that numbers its reports and remembers which were acked.
-    """
-
-    def __init__(self, g, name):
-        self.g, self.name, self.acked, self.n = g, name, [], 0
-        self.connect()
-
-    def connect(self):
-        self.sock = socket.create_connection(("127.0.0.1", self.g.port), timeout=20)
-        self.local_port = self.sock.getsockname()[1]
-
-    def report(self):
-        self.sock.sendall(f"TOY,{self.name},1,{self.n}\n".encode())
-        ack = f"ACK,{self.name}\n".encode()
-        if recv_exactly(self.sock, len(ack), timeout=20) != ack:
-            raise ConnectionError("no ack")
-        self.acked.append(self.n)
-        self.n += 1
-
 
 def test_workers_share_the_port_survive_a_kill_and_route_commands(gateway, pg_url):
     g = gateway(pg_url, extra_env=TOY, args=["--workers", "2"])
     pids = wait_until(lambda: len(_pids(g)) == 2 and _pids(g))
     assert set(pids) == {0, 1}
-    devices = [Device(g, f"w{i}") for i in range(16)]
+    devices = [ToyDevice(g.port, f"w{i}") for i in range(16)]
     for d in devices:
         d.report()
     # (Worker 0 is falsy: wait for a one-element list.)
