@@ -223,10 +223,6 @@ def _scan(value: dict, depth: int) -> int:
     return found
 
 
-def _clean(value: dict, depth: int) -> bool:
-    return _scan(value, depth) != DIRTY
-
-
 def _clean_number(value) -> bool:
     return value is None or (type(value) is float and value - value == 0.0)
 
