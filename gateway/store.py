@@ -564,6 +564,7 @@ class Store:
         self._suspects: Dict[tuple, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[Deferred] = None
+        self._stop_fired = False
         self._commit_listeners: List = []
         #: Called on the writer thread with the number of records of each
         #: committed batch (metrics), or L{None}.
@@ -580,16 +581,17 @@ class Store:
         Write what is queued, for L{stop_grace} seconds at most, then stop the
         writer. Fires when it has.
         """
-        self._stopped = Deferred()
         with self._cond:
+            self._stopped, self._stop_fired = Deferred(), False
             self._stopping = True
             self._cond.notify()
         guard = getattr(self.engine, "trackport_guard", None)
         if guard is not None:
             guard.close(self.stop_grace)
         if self._thread is None or not self._thread.is_alive():
+            # The writer may have ended (and fired this) since it was told.
             self._abandon_queued()
-            self._stopped.callback(None)
+            self._stopped_now()
         return self._stopped
 
     def submit(self, device_id: Optional[str], protocol: Optional[str], peer: str,
@@ -892,8 +894,13 @@ class Store:
                 d.errback(error)
 
     def _stopped_now(self) -> None:
-        if self._stopped is not None and not self._stopped.called:
-            self._stopped.callback(None)
+        # Called by stop() and by the ending writer; whichever comes second
+        # (a test reactor runs the writer's call in its own thread) does nothing.
+        with self._cond:
+            stopped, fire = self._stopped, self._stopped is not None and not self._stop_fired
+            self._stop_fired = self._stop_fired or fire
+        if fire:
+            stopped.callback(None)
 
     # -- writing ----------------------------------------------------------
 
