@@ -64,6 +64,25 @@ def store(db_url):
     wait_for(s.stop())
 
 
+def test_stop_fires_once_when_the_writer_ends_before_stop_looks(tmp_path):
+    # The writer, told to stop, ends and fires the Deferred (this reactor runs
+    # its call at once, in the writer's thread) before stop() checks whether it
+    # is still alive: stop() must not fire it a second time.
+    engine = engine_for(f"sqlite:///{tmp_path / 'trackport.db'}")
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.start()
+
+    class WriterEndsFirst:
+        def close(self, grace):
+            s._thread.join(5)
+
+    engine.trackport_guard = WriterEndsFirst()
+    d = s.stop()
+    assert not s._thread.is_alive()
+    assert wait_for(d) is None
+
+
 def test_records_commit_and_fire(store):
     d = store.submit("dev1", "toy", "peer", [rec(0), rec(1)])
     assert wait_for(d) is None
