@@ -7,7 +7,8 @@ RSS growth (C{bench/perf.py}) is what an operator sees, but malloc's arenas move
 it by a few hundred bytes between rounds of the same code; the heap counts the
 objects a session keeps, Twisted's connection objects included on both sides.
 The gateway runs in process on a store that keeps nothing (what is stored is
-not what an idle session holds).
+not what an idle session holds), its log lines discarded (twistd writes them
+out; Twisted keeps them in memory until logging begins).
 
 Usage: .venv/bin/python bench/idleheap.py [--sessions 1500] [--baseline DIR]
 """
@@ -28,6 +29,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def measure(kind: str, sessions: int) -> float:
     from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    # Log events go nowhere, as they go to the log file under twistd: until
+    # logging begins, Twisted keeps them in memory (up to 65,536), which
+    # would count the gateway's log lines as what its sessions hold.
+    globalLogBeginner.beginLoggingTo([lambda event: None], redirectStandardIO=False)
     from twisted.internet.defer import succeed
     from twisted.internet.protocol import Factory, Protocol
 

@@ -28,7 +28,8 @@ to measure what L{gateway.service.tune_gc} buys. With C{--baseline SRC}, a
 gateway run from another checkout (the code before a change) joins every
 round instead, on a database of its own: before and after, interleaved.
 C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
-source port each frame).
+source port each frame); C{--only idle} keeps none, for the idle-session
+measure alone.
 
 With C{--compare NAME=TWISTD} (repeatable), the gateway started by another
 twistd (another venv, another interpreter: C{.venv-pypy/bin/twistd}) joins
@@ -483,7 +484,8 @@ if __name__ == "__main__":
     ap.add_argument("--baseline", metavar="SRC",
                     help="also measure the gateway of another checkout (the code before a change), "
                          "on a database of its own, interleaved")
-    ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated)")
+    ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated);"
+                                   " idle: none, the idle sessions only")
     ap.add_argument("--quick", action="store_true",
                     help="one repetition of 3 s and 1000 idle sessions (about 2 minutes)")
     args = ap.parse_args()

@@ -117,7 +117,9 @@ class IDecoder(Interface):
         @param frame: C{bytes} as returned by L{frame}.
         @param context: the L{gateway.context.Context} of the session: transport,
             known device id, per-device settings, the decoder's per-session
-            state and the injected clock.
+            state and the injected clock. Valid for this call only: what must
+            last goes in its C{state} (a session whose decoder keeps no state
+            is handed a shared context, L{gateway.session.Session._decode}).
         @return: a L{gateway.model.DecodeResult}.
         @raise DecodeError: when the frame does not parse.
         """

@@ -85,6 +85,35 @@ class _Reply:
         session._flush()
 
 
+class _Callables:
+    """
+    A session's link to its device made of callables (UDP endpoints, tests,
+    C{trackport decode}): what L{Session} calls to write, close and pause.
+    """
+
+    __slots__ = ("write", "close", "_flow")
+
+    def __init__(self, write: Callable[[bytes], None], close: Callable[[], None], flow=None):
+        self.write = write
+        self.close = close
+        self._flow = flow
+
+    def pause(self) -> None:
+        if self._flow is not None:
+            self._flow.pauseProducing()
+
+    def resume(self) -> None:
+        if self._flow is not None:
+            self._flow.resumeProducing()
+
+
+#: The context a session without state of its own decodes with: most devices'
+#: decoders keep nothing per session, and a L{Context} with its state dict
+#: would cost every idle session of theirs 150 bytes. Filled in before each
+#: use; a session whose decoder leaves state in it takes it over (L{Session._decode}).
+_scratch = Context()
+
+
 class Session:
     """
     The gateway's side of one device conversation.
@@ -92,34 +121,37 @@ class Session:
     @ivar hub: the L{gateway.hub.Hub} that stores records, owns the detector
         and the command queue.
     @ivar transport: C{'tcp'} or C{'udp'}.
-    @ivar write: sends bytes to the device (the TCP transport, or a UDP
-        C{sendto} bound to the peer address).
-    @ivar close: ends the session from our side (TCP: drop the connection).
     """
 
     # A gateway holds one per connected device, mostly idle: keep them small.
-    __slots__ = ("hub", "transport", "peer", "_serial", "write", "_close", "_flow", "decoder",
-                 "device_id", "context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
+    __slots__ = ("hub", "transport", "peer", "_serial", "_link", "decoder",
+                 "device_id", "_context", "open", "opened", "last_seen", "_buffer", "_replies", "_detect_timer",
                  "_waiting", "_held", "_budget", "_good", "_bad", "_since",
                  "_commands_wait", "touched")
 
     def __init__(self, hub, transport: str, peer: str,
-                 write: Callable[[bytes], None], close: Callable[[], None], flow=None):
+                 write: Optional[Callable[[bytes], None]] = None, close: Optional[Callable[[], None]] = None,
+                 flow=None, link=None):
         """
+        @param write: sends bytes to the device (a UDP C{sendto} bound to the
+            peer address, say).
+        @param close: ends the session from our side.
         @param flow: what stops and starts reading from the device (TCP
             backpressure): its C{pauseProducing} and C{resumeProducing}.
+        @param link: instead of those three, one object with the methods
+            C{write(data)}, C{close()}, C{pause()} and C{resume()} (the TCP
+            protocol, the UDP peer): bound methods kept per session would
+            cost every idle one 64 bytes each.
         """
         self.hub = hub
         self.transport = transport
         self.peer = peer
         self._serial = next(_serial)
-        self.write = write
-        self._close = close
-        self._flow = flow
+        self._link = link if link is not None else _Callables(write, close, flow)
         self.decoder = None
         self.device_id: Optional[str] = None
-        self.context = Context(transport=transport, peer=peer,
-                               lookup=hub.lookup, seconds=hub.seconds)
+        #: Made when a decoder leaves state or something asks for it (L{context}).
+        self._context: Optional[Context] = None
         self.open = True
         self.opened = self.last_seen = hub.clock.seconds()
         self._buffer = b""
@@ -136,6 +168,28 @@ class Session:
         self._commands_wait = False
         #: When the hub last told the store this session's device was seen.
         self.touched = _NEVER
+
+    @property
+    def context(self) -> Context:
+        """
+        The session as its decoder and encoder see it, with the decoder's
+        per-session state. Made on first use; kept from then on.
+        """
+        context = self._context
+        if context is None:
+            hub = self.hub
+            context = self._context = Context(transport=self.transport, peer=self.peer,
+                                              device_id=self.device_id, lookup=hub.lookup,
+                                              seconds=hub.seconds)
+        return context
+
+    def set_peer(self, peer: str) -> None:
+        """
+        The device's address, learned late (behind a PROXY-protocol balancer).
+        """
+        self.peer = peer
+        if self._context is not None:
+            self._context.peer = peer
 
     @property
     def key(self) -> str:
@@ -255,7 +309,8 @@ class Session:
     def _bind_decoder(self, decoder) -> None:
         self.decoder = decoder
         self.touched = _NEVER
-        self.context.state.clear()
+        if self._context is not None:
+            self._context.state.clear()
         if self.transport != "udp":
             log.info("session {transport} {peer}: protocol {protocol}",
                      transport=self.transport, peer=self.peer, protocol=decoder.name)
@@ -289,9 +344,8 @@ class Session:
         """
         Decode one frame, store its records, and queue its ack behind them.
         """
-        self.context.device_id = self.device_id
         try:
-            result = self.decoder.decode(frame, self.context)
+            result = self._decode(frame)
         except DecodeError as e:
             if self.hub.taps:
                 self.hub.tap(self, "in", frame)
@@ -335,10 +389,34 @@ class Session:
             self._commands_wait = False
         self.hub.frame_done(self, device_id)
 
+    def _decode(self, frame: bytes):
+        context = self._context
+        if context is not None:
+            context.device_id = self.device_id
+            return self.decoder.decode(frame, context)
+        context = _scratch
+        hub = self.hub
+        context.transport = self.transport
+        context.peer = self.peer
+        context.device_id = self.device_id
+        context.lookup = hub.lookup
+        context.seconds = hub.seconds
+        try:
+            return self.decoder.decode(frame, context)
+        finally:
+            if context.state:
+                # The decoder keeps something for the session's next frames:
+                # from now on it has a context of its own.
+                self._context = Context(transport=self.transport, peer=self.peer,
+                                        device_id=context.device_id, state=context.state,
+                                        lookup=hub.lookup, seconds=hub.seconds)
+                context.state = {}
+
     def _bind_device(self, device_id: str) -> None:
         previous, self.device_id = self.device_id, device_id
         self.touched = _NEVER
-        self.context.device_id = device_id
+        if self._context is not None:
+            self._context.device_id = device_id
         # Not per UDP peer: a device behind a NAT may send every frame from a
         # new port, and logging each cost as much as the frame itself.
         if self.transport != "udp":
@@ -373,7 +451,7 @@ class Session:
         while replies and replies[0].state != "waiting":
             reply = replies.popleft()
             if reply.state == "ready" and reply.data and self.open:
-                self.write(reply.data)
+                self._link.write(reply.data)
                 self.hub.acked(self, self.hub.clock.seconds() - reply.received)
                 if self.hub.taps:
                     self.hub.tap(self, "out", reply.data)
@@ -391,8 +469,7 @@ class Session:
     def _hold(self) -> None:
         if not self._held:
             self._held = True
-            if self._flow is not None:
-                self._flow.pauseProducing()
+            self._link.pause()
 
     def _release(self) -> None:
         # Bytes read before the pause are framed first; reading resumes only
@@ -401,8 +478,8 @@ class Session:
         self._drain()
         if self._busy():
             self._held = True
-        elif self._flow is not None and self.open:
-            self._flow.resumeProducing()
+        elif self.open:
+            self._link.resume()
 
     # -- misc -------------------------------------------------------------
 
@@ -424,7 +501,7 @@ class Session:
             self._cancel_timer()
             if self._budget is not None:
                 self._budget.flush()
-            self._close()
+            self._link.close()
 
     def _error(self, what: str, data: bytes, garbage: bool = True, failure: bool = False) -> None:
         """

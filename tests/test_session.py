@@ -379,3 +379,50 @@ def test_a_new_udp_port_of_a_known_host_asks_its_last_decoder_first():
     endpoint.datagramReceived(frame_of("h02-094"), ("10.0.0.1", 1002))
     assert asked[0] == "gosafe" and len(asked) > 1
     assert endpoint.sessions[("10.0.0.1", 1002)].protocol == "h02"
+
+
+def test_decoder_state_is_per_session_and_lasts_from_the_first_frame_it_is_kept():
+    """
+    Sessions whose decoder keeps no state share one context, filled in for
+    each frame; state a decoder leaves (a failed frame's too) stays with its
+    session for its next frames, and no other session sees it.
+    """
+    seen = []
+
+    class Counting:
+        name, transports, detect, frame = toy.name, toy.transports, toy.detect, toy.frame
+
+        def decode(self, frame, context):
+            # Only device 2 keeps state; a frame ending in BAD fails after
+            # counting itself.
+            seen.append((context.peer, context.device_id, dict(context.state)))
+            if b",2," in frame:
+                context.state["frames"] = context.state.get("frames", 0) + 1
+            return toy.decode(frame, context)
+
+    hub = Hub({"toy": Counting()}, MemoryStore(), Clock())
+    hub.keep_errors = True
+    one = Session(hub, "tcp", "peer-1", [].append, lambda: None)
+    two = Session(hub, "tcp", "peer-2", [].append, lambda: None)
+    one.data_received(b"TOY,1,1\n")
+    two.data_received(b"TOY,2,BAD\n")
+    one.data_received(b"TOY,1,1\n")
+    two.data_received(b"TOY,2,1\n")
+    one.data_received(b"TOY,1,1\n")
+    assert seen == [("peer-1", None, {}), ("peer-2", None, {}), ("peer-1", "1", {}),
+                    ("peer-2", None, {"frames": 1}), ("peer-1", "1", {})]
+    assert one._context is None
+    assert two.context.state == {"frames": 2} and two.context.device_id == "2"
+    assert one.context.state == {} and one.context.peer == "peer-1" and one.context.device_id == "1"
+
+
+def test_an_idle_tcp_session_keeps_no_context_nor_bound_methods():
+    hub, protocol, transport = connect()
+    protocol.dataReceived(b"TOY,7,1\n")
+    session = protocol.session
+    assert session.device_id == "7" and transport.value() == b"ACK,7\n"
+    assert session._context is None
+    assert session._link is protocol
+    # Asked for (a command to encode), the context is made and kept.
+    assert session.context is session.context
+    assert (session.context.transport, session.context.device_id) == ("tcp", "7")
