@@ -9,8 +9,18 @@ time is read from C{/proc/<pid>/schedstat} (nanoseconds) around each block.
 Every transaction takes the id-order lock and commits with
 C{synchronous_commit} on, as the gateway's writer does.
 
+With C{--writer}, the gateway's own writer is measured instead: a
+L{gateway.store.Store} (the guarded engine the gateway makes) is given
+C{--batch} frames of one record each (of 200 devices, which also note they
+spoke) and writes them as its writer thread does (C{Store._write_all}); the
+CPU time of the thread that writes (C{time.thread_time}) and of the backend
+are read around each block. C{--baseline SRC} adds the writer of another
+checkout (the code before a change), each in a process of its own on a
+database of its own, blocks alternating.
+
 Usage: .venv/bin/python bench/pgwrite.py [--batch 30] [--blocks 20]
        [--block 50] [--variants before,copy-json,...] [--pg postgresql://...]
+       .venv/bin/python bench/pgwrite.py --writer [--baseline SRC] [--batch 1] ...
 """
 
 from __future__ import annotations
@@ -19,11 +29,15 @@ import argparse
 import io
 import os
 import statistics
+import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+#: The checkout whose gateway is measured (C{--writer}: set for a baseline's process).
+SOURCE = os.environ.get("PGWRITE_SOURCE") or os.path.dirname(HERE)
+sys.path.insert(0, SOURCE)
 
 import psycopg2  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
@@ -181,6 +195,110 @@ class Target:
         admin.close()
 
 
+def create_database(server, name):
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    with admin.cursor() as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+        c.execute(f"CREATE DATABASE {name}")
+    admin.close()
+
+
+def writer_process(server, name, batch):
+    """
+    In a process of its own (C{--writer-process}): a Store of L{SOURCE} on
+    database C{name}; for each line C{block N} read, N batches written, and
+    the writing thread's and the backend's CPU µs per record printed.
+    """
+    class Reactor:
+        def callFromThread(self, fn, *args, **kwargs):
+            pass  # the callbacks of the acks: the reactor thread's work, not the writer's
+
+    create_database(server, name)
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
+    engine = store.engine_for(url, statement_timeout=store.STATEMENT_TIMEOUT)
+    store.migrate(engine)
+    writer = store.Store(engine, Reactor())
+    pool = records(20000)
+    received = datetime.now(timezone.utc)
+    for n in range(200):  # every device's row written, as in a gateway that runs already
+        writer.submit(f"35600000{n:07d}", "gosafe", "127.0.0.1:5000", [pool[0]], received, b"frame",
+                      "tcp", done=lambda error: None)
+    writer._write_all(writer._take())
+    pid = writer._connection().connection.driver_connection.get_backend_pid()
+    n = 200
+    for line in sys.stdin:
+        if not line.startswith("block "):
+            break
+        gateway = backend = 0
+        count = int(line.split()[1])
+        for _ in range(count):
+            for _ in range(batch):
+                device = f"35600000{n % 200:07d}"
+                writer.touch(device, "gosafe", "tcp", "127.0.0.1:5000")
+                writer.submit(device, "gosafe", "127.0.0.1:5000", [pool[n // 200]], received,
+                              b"frame", "tcp", done=lambda error: None)
+                n += 1
+            work = writer._take()
+            before, before_backend = time.thread_time_ns(), cpu_ns(pid)
+            writer._write_all(work)
+            gateway += time.thread_time_ns() - before
+            backend += cpu_ns(pid) - before_backend
+        print(gateway / 1000 / (count * batch), backend / 1000 / (count * batch), flush=True)
+    writer._drop_connection()
+    engine.dispose()
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    with admin.cursor() as c:
+        c.execute(f"DROP DATABASE {name}")
+    admin.close()
+
+
+def writers(server, args):
+    """
+    C{--writer}: this checkout's Store and C{--baseline}'s, blocks alternating.
+    """
+    sides = [("this checkout", os.path.dirname(HERE))] + ([("baseline", args.baseline)] if args.baseline else [])
+    processes, samples = [], {}
+    for i, (label, source) in enumerate(sides):
+        env = dict(os.environ, PGWRITE_SOURCE=os.path.abspath(source))
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--writer-process", f"pgwrite_writer_{i}",
+             "--batch", str(args.batch), "--pg", server], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True))
+        samples[label] = []
+    try:
+        for b in range(args.blocks + 1):  # the first block warms caches
+            order = list(zip(sides, processes))
+            for (label, _), process in (order if b % 2 == 0 else reversed(order)):
+                process.stdin.write(f"block {args.block}\n")
+                process.stdin.flush()
+                gateway, backend = map(float, process.stdout.readline().split())
+                if b:
+                    samples[label].append((gateway, backend))
+    finally:
+        for process in processes:
+            process.stdin.write("end\n")
+            process.stdin.flush()
+            process.wait()
+    print(f"{args.batch} one-record frames a transaction, {args.blocks} blocks of {args.block} "
+          f"transactions, load average {os.getloadavg()[0]:.1f}")
+    print("| writer | writing thread CPU µs/record, median (min–max) | backend CPU µs/record |")
+    print("|---|---|---|")
+    for label, _ in sides:
+        g = [x for x, _ in samples[label]]
+        k = [y for _, y in samples[label]]
+        print(f"| {label} | {statistics.median(g):.1f} ({min(g):.1f}–{max(g):.1f}) | "
+              f"{statistics.median(k):.1f} ({min(k):.1f}–{max(k):.1f}) |")
+    if args.baseline:
+        # Blocks run back to back share the machine's load: their differences
+        # vary less than either side's figures.
+        for column, name in ((0, "writing thread"), (1, "backend")):
+            d = [a[column] - b[column] for a, b in zip(samples["this checkout"], samples["baseline"])]
+            print(f"{name}, this checkout − baseline, block by block: median {statistics.median(d):+.1f} "
+                  f"µs/record ({min(d):+.1f} to {max(d):+.1f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--pg", default=os.environ.get("TRACKPORT_TEST_PG",
@@ -189,8 +307,15 @@ def main():
     parser.add_argument("--block", type=int, default=50, help="transactions a measurement")
     parser.add_argument("--blocks", type=int, default=20, help="measurements a variant")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--writer", action="store_true", help="measure the gateway's writer (Store)")
+    parser.add_argument("--baseline", metavar="SRC", help="with --writer: also another checkout's")
+    parser.add_argument("--writer-process", metavar="DATABASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     server = make_url(args.pg).set(drivername="postgresql").render_as_string(hide_password=False)
+    if args.writer_process:
+        return writer_process(server, args.writer_process, args.batch)
+    if args.writer:
+        return writers(server, args)
     names = args.variants.split(",")
     texts = batches(args.block * args.blocks, args.batch)
     targets = [Target(server, name, name) for name in names]

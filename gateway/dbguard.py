@@ -22,7 +22,6 @@ import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from typing import Optional
 
 from gateway import pgdriver  # noqa: F401 - first: psycopg2 is psycopg2cffi on PyPy
@@ -47,7 +46,8 @@ class DatabaseUnavailable(_DriverError):
     """
 
 
-_cond = threading.Condition()
+_lock = threading.Lock()
+_cond = threading.Condition(_lock)
 _watched: dict = {}
 _thread: Optional[threading.Thread] = None
 
@@ -79,14 +79,45 @@ def _watchdog() -> None:
             _cond.wait(TICK)
 
 
-class _Entry:
-    __slots__ = ("deadline", "fd", "guard", "tripped")
+class _Watch:
+    """
+    One driver call under a deadline (L{Guard.watch}). A class, not a
+    generator: it wraps every statement, COPY and commit of the writer.
+    """
 
-    def __init__(self, deadline, fd, guard):
+    __slots__ = ("deadline", "fd", "guard", "timeout", "tripped")
+
+    def __init__(self, deadline, fd, guard, timeout):
         self.deadline = deadline
         self.fd = fd
         self.guard = guard
+        self.timeout = timeout
         self.tripped = False
+
+    def __enter__(self):
+        with _lock:
+            _watched[id(self)] = self
+            if _thread is None:
+                _start()
+
+    def __exit__(self, kind, error, traceback):
+        with _lock:
+            _watched.pop(id(self), None)
+        if self.tripped and isinstance(error, Exception):
+            guard = self.guard
+            if guard.closed:
+                guard._local.trip = "the gateway is stopping: database call abandoned"
+            else:
+                guard._local.trip = f"no answer from the database in {self.timeout:g} s"
+            raise DatabaseUnavailable(guard._local.trip) from error
+        return False
+
+
+def _start() -> None:
+    # Called with _lock held.
+    global _thread
+    _thread = threading.Thread(target=_watchdog, name="trackport-dbguard", daemon=True)
+    _thread.start()
 
 
 class Guard:
@@ -121,15 +152,13 @@ class Guard:
         From C{after} seconds on, no call waits any longer: those in flight
         are ended, new ones refused.
         """
-        global _thread
-        with _cond:
+        with _lock:
             self._closing = time.monotonic() + after
             for entry in _watched.values():
                 if entry.guard is self:
                     entry.deadline = min(entry.deadline, self._closing)
             if _thread is None:
-                _thread = threading.Thread(target=_watchdog, name="trackport-dbguard", daemon=True)
-                _thread.start()
+                _start()
 
     def check(self) -> None:
         """
@@ -138,39 +167,17 @@ class Guard:
         if self.closed:
             raise DatabaseUnavailable("the gateway is stopping: no more database calls")
 
-    @contextmanager
-    def watch(self, connection, timeout: Optional[float] = None):
+    def watch(self, connection, timeout: Optional[float] = None) -> _Watch:
         """
-        Run the body (one driver call on C{connection}) under a deadline.
+        A context manager: its body (one driver call on C{connection}) runs
+        under a deadline.
         """
-        global _thread
         self.check()
         timeout = self.timeout if timeout is None else timeout
         deadline = float("inf") if timeout is None else time.monotonic() + timeout
         if self._closing is not None:
             deadline = min(deadline, self._closing)
-        entry = _Entry(deadline, connection.fileno(), self)
-        key = id(entry)
-        with _cond:
-            _watched[key] = entry
-            if _thread is None:
-                _thread = threading.Thread(target=_watchdog, name="trackport-dbguard", daemon=True)
-                _thread.start()
-        try:
-            yield
-        except Exception as e:
-            with _cond:
-                _watched.pop(key, None)
-            if entry.tripped:
-                if self.closed:
-                    self._local.trip = "the gateway is stopping: database call abandoned"
-                else:
-                    self._local.trip = f"no answer from the database in {timeout:g} s"
-                raise DatabaseUnavailable(self._local.trip) from e
-            raise
-        else:
-            with _cond:
-                _watched.pop(key, None)
+        return _Watch(deadline, connection.fileno(), self, timeout)
 
 
 def connection_class(guard: Guard):

@@ -254,9 +254,11 @@ _PG_UPSERT_DEVICES = (
 _PG_DEVICE_TEMPLATE = "(%s, %s, %s, %s, %s, %s, '{}'::jsonb)"
 #: Seconds between writes of devices' last-seen time and peer.
 SEEN_INTERVAL = 1.0
-#: The id-order lock (L{gateway.ordering}), then a savepoint to return to
-#: should the COPY meet a record stored already; one round trip.
-_PG_TRY = f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK}); SAVEPOINT trackport_copy"
+#: The id-order lock (L{gateway.ordering.serialize_ids}).
+_PG_LOCK = f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK})"
+#: The lock, then a savepoint to return to should the COPY meet a record
+#: stored already; one round trip.
+_PG_TRY = f"{_PG_LOCK}; SAVEPOINT trackport_copy"
 _PG_COPY = f"COPY positions ({_COLUMN_LIST}) FROM STDIN"
 _PG_UNDO = "ROLLBACK TO SAVEPOINT trackport_copy"
 _PG_STAGE = ("CREATE TEMPORARY TABLE IF NOT EXISTS positions_stage ON COMMIT DELETE ROWS AS "
@@ -904,14 +906,34 @@ class Store:
 
     # -- writing ----------------------------------------------------------
 
-    def _transaction(self, body) -> None:
+    def _transaction(self, body, driver: bool = False) -> None:
+        """
+        Run C{body} in a transaction of the writer's connection and commit it;
+        an outage drops the connection.
+
+        @param driver: give C{body} the driver's connection (PostgreSQL's),
+            and commit or roll back on it directly. The common batch is a
+            COPY and a commit: SQLAlchemy's transaction bookkeeping around
+            them is not needed, and costs the writer thread, the gateway's
+            bottleneck, CPU on every batch. The guard watches the driver's
+            calls either way.
+        """
         guard = getattr(self.engine, "trackport_guard", None)
         if guard is not None:
             guard.take_trip()
         try:
             connection = self._connection()
-            with connection.begin():
-                body(connection)
+            if driver:
+                raw = connection.connection.driver_connection
+                try:
+                    body(raw)
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+            else:
+                with connection.begin():
+                    body(connection)
         except Exception as e:
             trip = guard.take_trip() if guard is not None else None
             if trip is not None:
@@ -976,11 +998,27 @@ class Store:
         # that carries its first records; afterwards last-seen data is merged
         # in memory and written at most once a second, not once per batch.
         rows, devices = self._rows(work.items)
+        # Every device seen in the last second is looked up on every batch:
+        # in C (issuperset), not in a Python loop.
         flush_seen = bool(self._seen) and (
             _time.monotonic() - self._seen_flushed >= SEEN_INTERVAL
-            or any(d not in self._known for d in self._seen))
+            or not self._known.issuperset(self._seen))
         if flush_seen:
             devices.update(self._seen)
+
+        def batch(raw):
+            # What most batches are, on the driver's connection: what body()
+            # below does when there is nothing to learn, keep or reject.
+            cursor = raw.cursor()
+            try:
+                if rows and devices:
+                    cursor.execute(_PG_LOCK)
+                if devices:
+                    _pg_upsert_devices(cursor, devices)
+                if rows:
+                    _pg_copy_positions(cursor, rows)
+            finally:
+                cursor.close()
 
         def body(connection):
             if (rows and devices) or work.learned:
@@ -1001,7 +1039,10 @@ class Store:
             if work.rejections:
                 connection.execute(schema.rejected_records.insert(), [r.row for r in work.rejections])
 
-        self._transaction(body)
+        if self.dialect == "postgresql" and not (work.learned or work.unknown or work.rejections):
+            self._transaction(batch, driver=True)
+        else:
+            self._transaction(body)
         self._known.update(devices)
         if rows:
             for fn in self._commit_listeners:
@@ -1233,39 +1274,10 @@ class Store:
         @param nested: in a savepoint, where the staging rows of an earlier
             part of the same transaction must not be merged again.
         """
-        # Every path that draws position ids holds the order lock (held once
-        # already, it is taken again at little cost until the transaction ends).
         if self.dialect == "postgresql":
-            # A batch almost never holds a record stored already (one is sent
-            # again only when its ack was lost), so it is COPYed straight into
-            # positions: a bulk insert, half the backend's CPU of staging it
-            # and merging with INSERT ... ON CONFLICT. A batch that does hold
-            # one fails as a whole on the unique (device, fingerprint) index,
-            # and is merged from a staging table instead. The savepoint is
-            # left for the transaction's end to release (a round trip less);
-            # the lock, taken before it, stays held if it is rolled back.
-            # Rows of frames are COPY lines already (L{copy_lines}); rows
-            # written record by record are tuples.
-            text = "".join([row if type(row) is str else _copy_line(row) for row in rows])
             cursor = connection.connection.driver_connection.cursor()
             try:
-                cursor.execute(_PG_TRY)
-                try:
-                    cursor.copy_expert(_PG_COPY, io.StringIO(text))
-                except Exception as e:
-                    if getattr(e, "pgcode", None) != _UNIQUE_VIOLATION and not _refused_copy(e, cursor):
-                        raise
-                    cursor.execute(_PG_UNDO)
-                    cursor.execute(_PG_STAGE)
-                    try:
-                        cursor.copy_expert(_PG_COPY_STAGE, io.StringIO(text))
-                    except Exception as e:
-                        if _refused_copy(e, cursor):
-                            raise CopyRefused(_first_line(e)) from e
-                        raise
-                    cursor.execute(_PG_MERGE)
-                    if nested:
-                        cursor.execute("DELETE FROM positions_stage")
+                _pg_copy_positions(cursor, rows, nested)
             finally:
                 cursor.close()
         else:
@@ -1279,18 +1291,15 @@ class Store:
         Insert or refresh device rows: C{devices} maps an id to (protocol,
         transport, peer, time); a L{None} transport or peer keeps the stored one.
         """
-        rows = [(device_id, protocol, transport, when, when, peer)
-                for device_id, (protocol, transport, peer, when) in devices.items()]
         if self.dialect == "postgresql":
-            from psycopg2.extras import execute_values
-
             cursor = connection.connection.driver_connection.cursor()
             try:
-                execute_values(cursor, _PG_UPSERT_DEVICES, rows, template=_PG_DEVICE_TEMPLATE,
-                               page_size=1000)
+                _pg_upsert_devices(cursor, devices)
             finally:
                 cursor.close()
             return
+        rows = [(device_id, protocol, transport, when, when, peer)
+                for device_id, (protocol, transport, peer, when) in devices.items()]
         from sqlalchemy.dialects.sqlite import insert
 
         d = schema.devices.c
@@ -1304,6 +1313,53 @@ class Store:
         connection.execute(statement, [
             {"id": r[0], "protocol": r[1], "transport": r[2], "first_seen": r[3], "last_seen": r[4],
              "last_peer": r[5], "settings": {}} for r in rows])
+
+
+def _pg_copy_positions(cursor, rows: list, nested: bool = False) -> None:
+    """
+    L{Store._insert_positions} on PostgreSQL, with a cursor of the driver.
+    """
+    # Every path that draws position ids holds the order lock (held once
+    # already, it is taken again at little cost until the transaction ends).
+    # A batch almost never holds a record stored already (one is sent
+    # again only when its ack was lost), so it is COPYed straight into
+    # positions: a bulk insert, half the backend's CPU of staging it
+    # and merging with INSERT ... ON CONFLICT. A batch that does hold
+    # one fails as a whole on the unique (device, fingerprint) index,
+    # and is merged from a staging table instead. The savepoint is
+    # left for the transaction's end to release (a round trip less);
+    # the lock, taken before it, stays held if it is rolled back.
+    # Rows of frames are COPY lines already (L{copy_lines}); rows
+    # written record by record are tuples.
+    text = "".join([row if type(row) is str else _copy_line(row) for row in rows])
+    cursor.execute(_PG_TRY)
+    try:
+        cursor.copy_expert(_PG_COPY, io.StringIO(text))
+    except Exception as e:
+        if getattr(e, "pgcode", None) != _UNIQUE_VIOLATION and not _refused_copy(e, cursor):
+            raise
+        cursor.execute(_PG_UNDO)
+        cursor.execute(_PG_STAGE)
+        try:
+            cursor.copy_expert(_PG_COPY_STAGE, io.StringIO(text))
+        except Exception as e:
+            if _refused_copy(e, cursor):
+                raise CopyRefused(_first_line(e)) from e
+            raise
+        cursor.execute(_PG_MERGE)
+        if nested:
+            cursor.execute("DELETE FROM positions_stage")
+
+
+def _pg_upsert_devices(cursor, devices: Dict[str, tuple]) -> None:
+    """
+    L{Store._upsert_devices} on PostgreSQL, with a cursor of the driver.
+    """
+    from psycopg2.extras import execute_values
+
+    rows = [(device_id, protocol, transport, when, when, peer)
+            for device_id, (protocol, transport, peer, when) in devices.items()]
+    execute_values(cursor, _PG_UPSERT_DEVICES, rows, template=_PG_DEVICE_TEMPLATE, page_size=1000)
 
 
 def merge_settings(connection, dialect: str, device_id: str, settings: Mapping[str, Optional[str]]) -> dict:

@@ -268,6 +268,37 @@ def test_postgresql_outage_holds_records_until_it_ends(pg_url):
         engine.dispose()
 
 
+def test_postgresql_silence_ends_the_batch_at_the_limit(pg_url):
+    # The common batch runs on the driver's connection, outside SQLAlchemy:
+    # the guard still ends a call the database leaves unanswered, and the
+    # records wait (no ack) until it answers again; then they are written once.
+    url = make_url(pg_url)
+    cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
+    through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
+    engine = engine_for(through, statement_timeout=1.0)
+    migrate(engine)
+    s = Store(engine, ThreadReactor())
+    s.retry_delays = (0.05,)
+    s.start()
+    try:
+        assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
+        cable.blackhole()
+        fired = []
+        s.submit("dev1", "toy", "peer", [rec(1), rec(2)]).addBoth(fired.append)
+        deadline = time.time() + 10
+        while s.healthy and time.time() < deadline:
+            time.sleep(0.05)
+        assert not s.healthy and fired == [] and s.pending == 2
+        cable.forward()
+        assert wait_for(s.submit("dev1", "toy", "peer", [rec(3)]), timeout=30) is None
+        assert fired == [None] and s.healthy
+        assert count(engine_for(pg_url)) == 4
+    finally:
+        wait_for(s.stop())
+        cable.close()
+        engine.dispose()
+
+
 def test_settings_merge_and_load(db_url):
     engine = engine_for(db_url)
     migrate(engine)
