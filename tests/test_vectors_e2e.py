@@ -95,13 +95,36 @@ def test_tcp_reply(gw_tcp, vec):
         assert_stored(gw, vec)
 
 
+_udp_ports_used: set = set()
+
+
+def _fresh_udp_socket() -> socket.socket:
+    """
+    A UDP socket on a source port no earlier vector used: the gateway still
+    holds the session of a reused one (with its reply serials, say), and the
+    next vector would be answered as that device's next frame.
+    """
+    spare = []
+    try:
+        while True:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            if port not in _udp_ports_used:
+                _udp_ports_used.add(port)
+                return u
+            spare.append(u)  # held until a fresh port is found
+    finally:
+        for u in spare:
+            u.close()
+
+
 @pytest.mark.parametrize("vec", UDP, ids=vectorcheck.ids(UDP))
 def test_udp_reply(gw_udp, vec):
     gw = gw_udp
     configure(gw, vec)
     want = bytes.fromhex(vec["expect"]["response_hex"])
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("127.0.0.1", 0))
+    u = _fresh_udp_socket()
     u.settimeout(10)
     for chunk in vec["frames_hex"]:
         u.sendto(bytes.fromhex(chunk), ("127.0.0.1", gw.port))
