@@ -26,7 +26,7 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 #: File descriptors kept free of TCP sessions for the database connections,
 #: the log, the listening sockets and commands.
 FD_RESERVE = 64
-#: UDP peers remembered at most (about 1.4 KB each); beyond that a new peer's
+#: UDP peers remembered at most (about 1 KB each); beyond that a new peer's
 #: datagrams are not acked until the sweeper forgets silent ones.
 MAX_PEERS = 100_000
 #: Connections accepted at most in one turn of the reactor.
@@ -44,9 +44,12 @@ def connection_limit(reserve: int = FD_RESERVE) -> int:
 
 
 def _peer(address) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
+    if type(address) is tuple:
         host, port = address[0], address[1]
+    else:
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if host is None:
+            host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -252,6 +255,28 @@ class StreamFactory(Factory):
         self._sweeper.stop()
 
 
+class _Peer:
+    """
+    A UDP peer as its session sees it: called, it sends a datagram there;
+    C{close} forgets the session. One small object, not two closures: a
+    gateway may meet a new peer with every datagram.
+    """
+
+    __slots__ = ("addr", "endpoint")
+
+    def __init__(self, endpoint, addr):
+        self.endpoint = endpoint
+        self.addr = addr
+
+    def __call__(self, payload: bytes) -> None:
+        transport = self.endpoint.transport
+        if transport is not None:
+            transport.write(payload, self.addr)
+
+    def close(self) -> None:
+        self.endpoint._drop(self.addr)
+
+
 class DatagramEndpoint(DatagramProtocol):
     """
     UDP: one session per peer address, forgotten after C{idle} seconds of
@@ -299,8 +324,8 @@ class DatagramEndpoint(DatagramProtocol):
                     log.warn("{n} UDP peers remembered (the limit): datagram from {peer} not acked",
                              n=len(self.sessions), peer=_peer(addr))
                 return
-            session = Session(self.hub, "udp", _peer(addr),
-                              lambda payload: self._send(payload, addr), lambda: self._drop(addr))
+            peer = _Peer(self, addr)
+            session = Session(self.hub, "udp", _peer(addr), peer, peer.close)
             host = addr[0]
             session.datagram_received(data, self.decoders.get(host))
             # Only a peer that spoke a known protocol is remembered: garbage
@@ -312,10 +337,6 @@ class DatagramEndpoint(DatagramProtocol):
                 self.decoders[host] = session.decoder
             return
         session.datagram_received(data)
-
-    def _send(self, payload: bytes, addr) -> None:
-        if self.transport is not None:
-            self.transport.write(payload, addr)
 
     def _forget(self, addr, session) -> None:
         del self.sessions[addr]
