@@ -50,6 +50,9 @@ _HEX_TEXT = re.compile("[0-9A-Fa-f]+")
 _HEAD = [frozenset(b"*"), frozenset(b"G"), frozenset(b"S"), _DIGITS, _DIGITS,
          frozenset(b",")] + [_DIGITS] * 15
 _HEAD_END = frozenset(b",#")
+#: A whole text head followed by its end: what L{_HEAD} and L{_HEAD_END}
+#: accept, at once (every UDP datagram is detected on its own).
+_WHOLE_HEAD = re.compile(rb"\*GS[0-9]{2},[0-9]{15}[,#]")
 
 _TEXT = re.compile(r"\*GS(\d{2}),(\d{15})(?:,(.*))?\Z", re.S)
 _NO_CLOCK = "000000000000"
@@ -72,6 +75,8 @@ def _u(data: bytes) -> int:
 # -- detection and framing ------------------------------------------------
 
 def _text_head(head: bytes, transport: str) -> Verdict:
+    if _WHOLE_HEAD.match(head):
+        return _MATCH
     for i, allowed in enumerate(_HEAD):
         if i == len(head):
             return Verdict.more() if transport == "tcp" else Verdict.no()
@@ -79,8 +84,11 @@ def _text_head(head: bytes, transport: str) -> Verdict:
             return Verdict.no()
     if len(head) == len(_HEAD):
         # A UDP heartbeat may end right after the IMEI (spec §0.1).
-        return Verdict.match(90) if transport == "udp" else Verdict.more()
-    return Verdict.match(90) if head[len(_HEAD)] in _HEAD_END else Verdict.no()
+        return _MATCH if transport == "udp" else Verdict.more()
+    return _MATCH if head[len(_HEAD)] in _HEAD_END else Verdict.no()
+
+
+_MATCH = Verdict.match(90)
 
 
 def _unstuff(data: bytes) -> bytes:

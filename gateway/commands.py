@@ -207,6 +207,9 @@ class CommandQueue(Service):
         self.reactor = reactor
         self.interval = interval
         self.pending: set = set()
+        #: Open sessions a command was written on (or is being claimed for):
+        #: only theirs can hold commands sent and unanswered (see L{moved}).
+        self._written: dict = {}
         self._busy: set = set()
         self._again: set = set()
         self._loop = LoopingCall(self.poll)
@@ -283,6 +286,15 @@ class CommandQueue(Service):
         The session holding C{device_id} closed (or speaks for another device):
         its commands sent but unanswered go again, on C{holder}.
         """
+        if gone not in self._written:
+            # No command was ever written on it (a UDP peer forgotten after
+            # its device moved on to a new port, most often): none to move,
+            # and no database round trip to find that out.
+            if device_id in self.pending:
+                self.deliver(device_id)
+            return
+        if not gone.open:
+            del self._written[gone]
         detail = (f"moved: session {gone.transport} {gone.peer} closed before a reply;"
                   f" to {holder.transport} {holder.peer}")
         d = threads.deferToThread(self._requeue, gone.key, detail)
@@ -307,6 +319,9 @@ class CommandQueue(Service):
         Expire overdue commands and deliver those of connected devices.
         """
         self.hub.review()
+        for session in [s for s in self._written if not s.open]:
+            # Closed with nobody left to move its commands to (they expire).
+            del self._written[session]
         if self._polling:
             return
         self._polling = True
@@ -395,6 +410,7 @@ class CommandQueue(Service):
                             id=command.id)
                 yield self._fail(command, f"encoder failed: {e!r}")
                 continue
+            self._written[session] = None
             claimed = yield threads.deferToThread(self._claim, command, encoded, session)
             if not claimed:
                 # Its token is in flight (or another process took it): the

@@ -20,6 +20,13 @@ log = Logger()
 #: A match this specific is decided at once, even while other decoders still
 #: want more bytes (a checksum or a full grammar with an identifier).
 CONCLUSIVE = 90
+#: Leading bytes of a UDP datagram by which the detector remembers which
+#: decoder alone took the last datagram that began with them (see
+#: L{Detector.familiar}).
+HEAD_KEY = 4
+#: Such beginnings remembered at most (beyond, all are forgotten at once: a
+#: flood of varied datagrams costs bounded memory).
+MAX_HEADS = 1024
 
 
 @attrs.frozen
@@ -54,6 +61,9 @@ class Detector:
         self._by_transport = {
             t: tuple(d for d in self.decoders if t in d.transports) for t in ("tcp", "udp")
         }
+        #: Per beginning of a UDP datagram (L{HEAD_KEY} bytes), the decoder
+        #: that alone matched, conclusively, the last one detected.
+        self._heads = {}
 
     def detect(self, head: bytes, transport: str, final: bool = False) -> Detection:
         """
@@ -67,6 +77,7 @@ class Detector:
         best_score = -1
         tied = []
         more = False
+        matches = 0
         for decoder in self._by_transport.get(transport, ()):
             try:
                 verdict = decoder.detect(head, transport)
@@ -76,6 +87,7 @@ class Detector:
             if verdict.outcome is Outcome.MORE:
                 more = True
             elif verdict.outcome is Outcome.MATCH:
+                matches += 1
                 if verdict.score > best_score:
                     best, best_score, tied = decoder, verdict.score, [decoder]
                 elif verdict.score == best_score:
@@ -84,6 +96,11 @@ class Detector:
             return Detection(waiting=True)
         if best is None:
             return Detection()
+        if matches == 1 and best_score >= CONCLUSIVE and transport == "udp":
+            heads = self._heads
+            if len(heads) >= MAX_HEADS:
+                heads.clear()
+            heads[head[:HEAD_KEY]] = best
         if len(tied) > 1:
             # Equal evidence: pick deterministically, and say so.
             tied.sort(key=lambda d: d.name)
@@ -91,6 +108,16 @@ class Detector:
             log.warn("ambiguous detection between {names}, chose {name}",
                      names=[d.name for d in tied], name=best.name)
         return Detection(decoder=best)
+
+    def familiar(self, datagram: bytes):
+        """
+        The decoder that alone matched, conclusively, the last UDP datagram
+        detected that began with the same L{HEAD_KEY} bytes (most often the
+        same protocol from another device, or the same device from a new
+        address), or L{None}. A hint, nothing more: to be taken only if it
+        matches C{datagram} conclusively too (L{conclusive}).
+        """
+        return self._heads.get(datagram[:HEAD_KEY])
 
     def claims(self, decoder, head: bytes, transport: str) -> bool:
         """

@@ -80,6 +80,45 @@ class _Claim:
         self.session = session
 
 
+class _Claims(dict):
+    """
+    The claims of several sessions on one device, by session, in the order
+    they began.
+
+    @ivar apart: C{True} when no two of them overlap in time: each began after
+        every earlier one last claimed (a device behind a NAT that sends every
+        frame from a new port, a reconnect). They are then in time order, the
+        last open one holds the device and there is no conflict, which the
+        answers below take without comparing claims. C{False} when they may
+        overlap: the answers compare them all.
+    @ivar latest: the latest time one of them claimed the device, or later.
+    @ivar newest: when the newest of them began, or later.
+    """
+
+    __slots__ = ("apart", "latest", "newest")
+
+    def __init__(self, claim: _Claim):
+        super().__init__(((claim.session, claim),))
+        # A claim renewed after the clock stepped back may end before it began.
+        self.apart = claim.first <= claim.last
+        self.latest = max(claim.first, claim.last)
+        self.newest = claim.first
+
+    def recheck(self) -> None:
+        """
+        Whether they are apart, after one was forgotten.
+        """
+        apart, latest, newest = True, _NEVER, _NEVER
+        for claim in self.values():
+            if claim.first <= latest or claim.last < claim.first:
+                apart = False
+            latest, newest = max(latest, claim.first, claim.last), max(newest, claim.first)
+        self.apart, self.latest, self.newest = apart, latest, newest
+
+
+_NEVER = float("-inf")
+
+
 class Claims:
     """
     The claims of open sessions on device ids.
@@ -124,7 +163,7 @@ class Claims:
             if entry.session is session:
                 entry.last = now
                 return 1
-            entry = self._claims[device_id] = {entry.session: entry}
+            entry = self._claims[device_id] = _Claims(entry)
         elif entry is None:
             self._claims[device_id] = _Claim(now, session)
             self._hold(session, device_id)
@@ -134,14 +173,26 @@ class Claims:
         if claim is None:
             if len(claims) >= MAX_CLAIMANTS:
                 # Many peers naming one id: forget the one silent longest, so
-                # that a flood of spoofed sources costs bounded work per frame.
-                stale = min(claims, key=lambda s: claims[s].last)
+                # that a flood of spoofed sources costs bounded work per frame
+                # (claims apart in time: the first, which ended first).
+                stale = next(iter(claims)) if claims.apart else min(claims, key=lambda s: claims[s].last)
                 del claims[stale]
                 self._forget(stale, device_id)
+                if not claims.apart:
+                    claims.recheck()
+            if now <= claims.latest:
+                # It begins while another may still be going.
+                claims.apart = False
             claims[session] = _Claim(now, session)
+            claims.newest = max(claims.newest, now)
             self._hold(session, device_id)
         else:
+            if claims.newest > claim.last or now < claim.last:
+                # Another began since this one last claimed (or the clock
+                # went back): they may overlap now.
+                claims.apart = False
             claim.last = now
+        claims.latest = max(claims.latest, now)
         return len(claims)
 
     def _hold(self, session, device_id: str) -> None:
@@ -174,17 +225,35 @@ class Claims:
         if type(entry) is _Claim:
             if entry.session is session:
                 del self._claims[device_id]
-        elif entry and entry.pop(session, None) is not None and len(entry) == 1:
-            (self._claims[device_id],) = entry.values()
+        elif entry and entry.pop(session, None) is not None:
+            if len(entry) == 1:
+                (self._claims[device_id],) = entry.values()
+            elif not entry.apart:
+                entry.recheck()
 
     def holder(self, device_id: str):
-        live = [(c.last, c.first, s) for s, c in self._claimants(device_id).items() if s.open]
+        entry = self._claims.get(device_id)
+        if entry is None:
+            return None
+        if type(entry) is _Claim:
+            return entry.session if entry.session.open else None
+        if entry.apart:
+            # In time order: the last open one claimed last.
+            for session in reversed(entry):
+                if session.open:
+                    return session
+            return None
+        live = [(c.last, c.first, s) for s, c in entry.items() if s.open]
         return max(live, key=lambda t: (t[0], t[1]))[2] if live else None
 
     def conflict(self, device_id: str):
         """
         The two sessions in conflict over C{device_id} (older first), or L{None}.
         """
+        entry = self._claims.get(device_id)
+        if type(entry) is not _Claims or entry.apart:
+            # One claim, or none overlapping another: no pair can be in conflict.
+            return None
         now = self.clock.seconds()
         active = sorted(((c.first, c.last, s) for s, c in self._claimants(device_id).items()
                          if s.open and now - c.last <= self.window), key=lambda t: t[0])

@@ -45,9 +45,12 @@ def connection_limit(reserve: int = FD_RESERVE) -> int:
 
 
 def _peer(address) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
+    if type(address) is tuple:
         host, port = address[0], address[1]
+    else:
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if host is None:
+            host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -361,10 +364,6 @@ class DatagramEndpoint(DatagramProtocol):
                 self.decoders[host] = session.decoder
             return
         session.datagram_received(data)
-
-    def _send(self, payload: bytes, addr) -> None:
-        if self.transport is not None:
-            self.transport.write(payload, addr)
 
     def _forget(self, addr, session) -> None:
         del self.sessions[addr]

@@ -233,6 +233,9 @@ class Session:
         @param hint: for a new peer, the decoder that took the last datagram
             from its host (a device behind a NAT that changes its port): it
             is taken without asking the others if it matches conclusively.
+            Failing that, so is the decoder that alone took the last datagram
+            beginning with the same bytes (L{Detector.familiar}: a NAT that
+            changes the address too).
         """
         self.last_seen = self.hub.clock.seconds()
         if self._busy():
@@ -241,10 +244,15 @@ class Session:
                            garbage=False)
             return
         decoder = self.decoder
-        if decoder is None and hint is not None and self.hub.detector.conclusive(hint, data, "udp"):
+        detector = self.hub.detector
+        if decoder is None and (hint is None or not detector.conclusive(hint, data, "udp")):
+            familiar = detector.familiar(data)
+            hint = (familiar if familiar is not None and familiar is not hint
+                    and detector.conclusive(familiar, data, "udp") else None)
+        if decoder is None and hint is not None:
             self._bind_decoder(hint)
-        elif decoder is None or not self.hub.detector.claims(decoder, data, "udp"):
-            detection = self.hub.detector.detect(data, "udp", final=True)
+        elif decoder is None or not detector.claims(decoder, data, "udp"):
+            detection = detector.detect(data, "udp", final=True)
             if detection.decoder is None:
                 self.hub.unknown(self, data)
                 return

@@ -104,7 +104,7 @@ def test_claimants_per_device_are_bounded():
     assert victim in c._claims["dev"] and c.conflict("dev") is not None
 
 
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), max_size=40),
@@ -128,3 +128,112 @@ def test_conflict_is_the_first_overlapping_pair(steps, peers):
             if a.peer != b.peer and last_a >= first_b and expected is None:
                 expected = (a, b)
     assert c.conflict("dev") == expected
+
+
+class Reference:
+    """
+    Claims kept the plain way, one dict of every claim per device, every
+    answer from comparing them all: what L{Claims} must answer, shortcuts or
+    not.
+    """
+
+    def __init__(self, clock, window, most):
+        self.clock, self.window, self.most, self.claims = clock, window, most, {}
+
+    def claim(self, session, device_id):
+        now = self.clock.seconds()
+        claims = self.claims.setdefault(device_id, {})
+        if session in claims:
+            claims[session][1] = now
+        else:
+            if len(claims) >= self.most:
+                del claims[min(claims, key=lambda s: claims[s][1])]
+            claims[session] = [now, now]
+        return len(claims)
+
+    def release(self, session, device_id=None):
+        for d, claims in self.claims.items():
+            if device_id in (None, d):
+                claims.pop(session, None)
+
+    def holder(self, device_id):
+        live = [(last, first, s) for s, (first, last) in self.claims.get(device_id, {}).items() if s.open]
+        return max(live, key=lambda t: (t[0], t[1]))[2] if live else None
+
+    def conflict(self, device_id):
+        now = self.clock.seconds()
+        active = sorted(((first, last, s) for s, (first, last) in self.claims.get(device_id, {}).items()
+                         if s.open and now - last <= self.window), key=lambda t: t[0])
+        for i, (_, last_a, a) in enumerate(active):
+            for first_b, _, b in active[i + 1:]:
+                if a.peer != b.peer and first_b <= last_a:
+                    return a, b
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@example(steps=[("claim", 0, 0), ("claim", 6, 0), ("claim", 6, -3), ("claim", 4, 0.5), ("claim", 4, 7),
+                ("close", 0, 0)], peers=["p1"] * 6 + ["p2", "p1"])
+@example(steps=[("claim", 0, 0), ("claim", 2, 0), ("claim", 2, -3), ("claim", 0, 0), ("claim", 1, 0),
+                ("close", 1, 0)], peers=["p1"] * 8)
+@example(steps=[("claim", 0, 0), ("claim", 0, -3), ("claim", 1, 1), ("claim", 0, 0)], peers=["p1", "p2"] + ["p1"] * 6)
+@given(st.lists(st.tuples(st.sampled_from(["claim", "claim", "claim", "claim", "close", "other"]),
+                          st.integers(0, 7), st.sampled_from([0, 0, 0.5, 1, 1, 1, 7, 61, -3])),
+                max_size=60),
+       st.lists(st.sampled_from(["p1", "p2", "p3"]), min_size=8, max_size=8))
+def test_claims_answer_as_comparing_every_claim(steps, peers):
+    """
+    Whatever the order of claims, closes and clock steps (back too), the
+    holder, the conflict, the route and which claim is forgotten beyond the
+    bound are those of comparing every claim (L{Reference}): claims apart in
+    time are only a shortcut.
+    """
+    from unittest import mock
+
+    from gateway import identity
+
+    clock, c = claims()
+    clock.advance(1000)
+    reference = Reference(clock, c.window, 4)
+    sessions = [FakeSession(peers[i]) for i in range(8)]
+    with mock.patch.object(identity, "MAX_CLAIMANTS", 4):
+        for what, index, delay in steps:
+            if delay >= 0:
+                clock.advance(delay)
+            else:
+                clock.rightNow += delay  # the system clock stepped back
+            session = sessions[index]
+            if what == "claim":
+                if not session.open:
+                    session = sessions[index] = FakeSession(session.peer)
+                assert c.claim(session, "dev") == reference.claim(session, "dev")
+            elif what == "close":
+                session.open = False
+                c.release(session)
+                reference.release(session)
+            else:
+                c.release_device(session, "dev")
+                reference.release(session, "dev")
+            assert c.holder("dev") is reference.holder("dev")
+            assert c.conflict("dev") == reference.conflict("dev")
+            assert list(c._claimants("dev")) == list(reference.claims.get("dev", {}))
+            assert c.route("dev").session is reference.holder("dev")
+
+
+def test_claims_that_touch_overlap():
+    """
+    A claim that begins at the very time another last claimed overlaps it,
+    also when whether claims overlap is looked at again after one went.
+    """
+    clock, c = claims()
+    a, b, d = FakeSession("10.0.0.1:1000"), FakeSession("10.0.0.2:1000"), FakeSession("10.0.0.3:1000")
+    c.claim(a, "dev")
+    clock.advance(1)
+    c.claim(b, "dev")
+    c.claim(a, "dev")
+    assert c.conflict("dev") == (a, b)
+    clock.advance(1)
+    c.claim(d, "dev")
+    d.open = False
+    c.release(d)
+    assert c.conflict("dev") == (a, b) and c.holder("dev") is b

@@ -426,3 +426,86 @@ def test_an_idle_tcp_session_keeps_no_context_nor_bound_methods():
     # Asked for (a command to encode), the context is made and kept.
     assert session.context is session.context
     assert (session.context.transport, session.context.device_id) == ("tcp", "7")
+
+
+def test_a_new_udp_address_asks_the_decoder_that_alone_took_the_same_beginning():
+    """
+    A device behind a NAT that changes its address too: the decoder that
+    alone and conclusively took the last datagram beginning with the same
+    bytes is asked first (and only), but must match conclusively; what it
+    does not match goes through full detection. The memory is bounded.
+    """
+    from unittest import mock
+
+    from gateway import detector
+    from gateway.registry import discover
+    from tests.harness import frame_of
+
+    asked = []
+
+    class Counting:
+        def __init__(self, decoder):
+            self._decoder = decoder
+
+        def __getattr__(self, name):
+            return getattr(self._decoder, name)
+
+        def detect(self, head, transport):
+            asked.append(self._decoder.name)
+            return self._decoder.detect(head, transport)
+
+    decoders = {name: Counting(d) for name, d in discover().items()}
+    udp = len([d for d in decoders.values() if "udp" in d.transports])
+    hub = Hub(decoders, MemoryStore(), Clock())
+    endpoint = DatagramEndpoint(hub)
+    endpoint.transport = type("T", (), {"write": lambda self, data, addr: None})()
+    gosafe = frame_of("gosafe-036")
+    endpoint.datagramReceived(gosafe, ("10.0.0.1", 1000))
+    assert len(asked) == udp
+    del asked[:]
+    endpoint.datagramReceived(gosafe, ("10.0.0.2", 1000))
+    assert asked == ["gosafe"]
+    assert endpoint.sessions[("10.0.0.2", 1000)].protocol == "gosafe"
+    # The same beginning, but not GoSafe's: the hint does not match, the
+    # others are asked.
+    del asked[:]
+    endpoint.datagramReceived(gosafe[:4] + b"\x00 not a frame", ("10.0.0.3", 1000))
+    assert asked[0] == "gosafe" and len(asked) == 1 + udp
+    assert ("10.0.0.3", 1000) not in endpoint.sessions
+    # Another protocol from a new address: nothing remembered, full detection.
+    del asked[:]
+    endpoint.datagramReceived(frame_of("h02-094"), ("10.0.0.4", 1000))
+    assert len(asked) == udp and endpoint.sessions[("10.0.0.4", 1000)].protocol == "h02"
+    with mock.patch.object(detector, "MAX_HEADS", 3):
+        for i in range(10):
+            hub.detector.detect(b"%03d" % i + gosafe[3:], "udp", final=True)
+            assert len(hub.detector._heads) <= 3
+
+
+def test_a_forgotten_udp_peer_no_command_was_written_on_costs_no_database_round_trip(monkeypatch):
+    """
+    A device behind a NAT that changes its port leaves a session behind with
+    every datagram; when one is forgotten, its unanswered commands move to
+    the device's new session (a database round trip), but only a session a
+    command was written on can have any.
+    """
+    from gateway import commands
+
+    threaded = []
+    monkeypatch.setattr(commands.threads, "deferToThread",
+                        lambda f, *args: threaded.append((f.__name__, args)) or Deferred())
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    queue = hub.commands = commands.CommandQueue(hub, engine=None, reactor=None)
+    endpoint = DatagramEndpoint(hub, idle=100)
+    endpoint.transport = type("T", (), {"write": lambda self, data, addr: None})()
+    for port in (5000, 5001, 5002):
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", port))
+        clock.advance(1)
+    first, second, third = (endpoint.sessions[("127.0.0.1", p)] for p in (5000, 5001, 5002))
+    queue._written[second] = None  # a command was claimed for it
+    endpoint._forget(("127.0.0.1", 5000), first)
+    assert threaded == []
+    endpoint._forget(("127.0.0.1", 5001), second)
+    assert [name for name, _ in threaded] == ["_requeue"] and threaded[0][1][0] == second.key
+    assert second not in queue._written and hub.sessions["7"] is third
