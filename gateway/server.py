@@ -293,7 +293,9 @@ class _Peer:
         self.addr = addr
 
     def write(self, data: bytes) -> None:
-        self.endpoint._send(data, self.addr)
+        transport = self.endpoint.transport
+        if transport is not None:
+            transport.write(data, self.addr)
 
     def close(self) -> None:
         self.endpoint._drop(self.addr)
