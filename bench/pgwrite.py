@@ -188,11 +188,15 @@ class Target:
                       "pg_relation_size('positions') FROM positions")
             self.rows, self.total_bytes, self.heap_bytes = c.fetchone()
         self.connection.close()
-        admin = psycopg2.connect(server)
-        admin.autocommit = True
-        with admin.cursor() as c:
-            c.execute(f"DROP DATABASE {self.database}")
-        admin.close()
+        drop_database(server, self.database)
+
+
+def drop_database(server, name):
+    admin = psycopg2.connect(server)
+    admin.autocommit = True
+    with admin.cursor() as c:
+        c.execute(f"DROP DATABASE {name}")
+    admin.close()
 
 
 def create_database(server, name):
@@ -247,11 +251,7 @@ def writer_process(server, name, batch):
         print(gateway / 1000 / (count * batch), backend / 1000 / (count * batch), flush=True)
     writer._drop_connection()
     engine.dispose()
-    admin = psycopg2.connect(server)
-    admin.autocommit = True
-    with admin.cursor() as c:
-        c.execute(f"DROP DATABASE {name}")
-    admin.close()
+    drop_database(server, name)
 
 
 def writers(server, args):

@@ -340,29 +340,39 @@ def test_commands_wait_while_a_decoder_says_so():
     assert out == [b"PING,7\n", b"ACK,7\n", b"RELAY,1\n"]
 
 
+class _Counting:
+    """
+    A registered decoder that notes in C{asked} each time it is asked to detect.
+    """
+
+    def __init__(self, decoder, asked: list):
+        self._decoder = decoder
+        self._asked = asked
+
+    def __getattr__(self, name):
+        return getattr(self._decoder, name)
+
+    def detect(self, head, transport):
+        self._asked.append(self._decoder.name)
+        return self._decoder.detect(head, transport)
+
+
+def _counting_decoders(asked: list) -> dict:
+    from gateway.registry import discover
+
+    return {name: _Counting(d, asked) for name, d in discover().items()}
+
+
 def test_a_new_udp_port_of_a_known_host_asks_its_last_decoder_first():
     """
     A device behind a NAT that sends every datagram from a new port is not
     run through every decoder each time; another device behind the same
     address that speaks another protocol is still recognised.
     """
-    from gateway.registry import discover
     from tests.harness import frame_of
 
     asked = []
-
-    class Counting:
-        def __init__(self, decoder):
-            self._decoder = decoder
-
-        def __getattr__(self, name):
-            return getattr(self._decoder, name)
-
-        def detect(self, head, transport):
-            asked.append(self._decoder.name)
-            return self._decoder.detect(head, transport)
-
-    decoders = {name: Counting(d) for name, d in discover().items()}
+    decoders = _counting_decoders(asked)
     hub = Hub(decoders, MemoryStore(), Clock())
     endpoint = DatagramEndpoint(hub)
     sent = []
@@ -438,23 +448,10 @@ def test_a_new_udp_address_asks_the_decoder_that_alone_took_the_same_beginning()
     from unittest import mock
 
     from gateway import detector
-    from gateway.registry import discover
     from tests.harness import frame_of
 
     asked = []
-
-    class Counting:
-        def __init__(self, decoder):
-            self._decoder = decoder
-
-        def __getattr__(self, name):
-            return getattr(self._decoder, name)
-
-        def detect(self, head, transport):
-            asked.append(self._decoder.name)
-            return self._decoder.detect(head, transport)
-
-    decoders = {name: Counting(d) for name, d in discover().items()}
+    decoders = _counting_decoders(asked)
     udp = len([d for d in decoders.values() if "udp" in d.transports])
     hub = Hub(decoders, MemoryStore(), Clock())
     endpoint = DatagramEndpoint(hub)

@@ -240,15 +240,25 @@ def test_sqlite_outage_holds_records_until_it_ends(tmp_path):
     wait_for(s.stop())
 
 
-def test_postgresql_outage_holds_records_until_it_ends(pg_url):
+def _store_through_cable(pg_url, **kw):
+    """
+    A started store whose PostgreSQL connections go through a L{Proxy} (the
+    cable a test cuts or black-holes), with short retry delays.
+    """
     url = make_url(pg_url)
     cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
     through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
-    engine = engine_for(through)
+    engine = engine_for(through, **kw)
     migrate(engine)
     s = Store(engine, ThreadReactor())
     s.retry_delays = (0.05,)
     s.start()
+    return cable, s
+
+
+def test_postgresql_outage_holds_records_until_it_ends(pg_url):
+    cable, s = _store_through_cable(pg_url)
+    engine = s.engine
     try:
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
         cable.refuse()
@@ -272,14 +282,8 @@ def test_postgresql_silence_ends_the_batch_at_the_limit(pg_url):
     # The common batch runs on the driver's connection, outside SQLAlchemy:
     # the guard still ends a call the database leaves unanswered, and the
     # records wait (no ack) until it answers again; then they are written once.
-    url = make_url(pg_url)
-    cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
-    through = url.set(host="127.0.0.1", port=cable.port).render_as_string(hide_password=False)
-    engine = engine_for(through, statement_timeout=1.0)
-    migrate(engine)
-    s = Store(engine, ThreadReactor())
-    s.retry_delays = (0.05,)
-    s.start()
+    cable, s = _store_through_cable(pg_url, statement_timeout=1.0)
+    engine = s.engine
     try:
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
         cable.blackhole()
