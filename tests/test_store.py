@@ -4,6 +4,7 @@ records stored once, an outage holding records (no acks) until it ends.
 """
 
 import json
+from contextlib import contextmanager
 import sqlite3
 import threading
 import time
@@ -240,10 +241,12 @@ def test_sqlite_outage_holds_records_until_it_ends(tmp_path):
     wait_for(s.stop())
 
 
+@contextmanager
 def _store_through_cable(pg_url, **kw):
     """
     A started store whose PostgreSQL connections go through a L{Proxy} (the
-    cable a test cuts or black-holes), with short retry delays.
+    cable a test cuts or black-holes), with short retry delays; stopped, and
+    the cable closed, on the way out.
     """
     url = make_url(pg_url)
     cable = Proxy(url.host or "127.0.0.1", url.port or 5432)
@@ -253,13 +256,16 @@ def _store_through_cable(pg_url, **kw):
     s = Store(engine, ThreadReactor())
     s.retry_delays = (0.05,)
     s.start()
-    return cable, s
+    try:
+        yield cable, s
+    finally:
+        wait_for(s.stop())
+        cable.close()
+        engine.dispose()
 
 
 def test_postgresql_outage_holds_records_until_it_ends(pg_url):
-    cable, s = _store_through_cable(pg_url)
-    engine = s.engine
-    try:
+    with _store_through_cable(pg_url) as (cable, s):
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
         cable.refuse()
         fired = []
@@ -272,19 +278,13 @@ def test_postgresql_outage_holds_records_until_it_ends(pg_url):
             time.sleep(0.01)
         assert fired == [None] and s.healthy
         assert count(engine_for(pg_url)) == 3
-    finally:
-        wait_for(s.stop())
-        cable.close()
-        engine.dispose()
 
 
 def test_postgresql_silence_ends_the_batch_at_the_limit(pg_url):
     # The common batch runs on the driver's connection, outside SQLAlchemy:
     # the guard still ends a call the database leaves unanswered, and the
     # records wait (no ack) until it answers again; then they are written once.
-    cable, s = _store_through_cable(pg_url, statement_timeout=1.0)
-    engine = s.engine
-    try:
+    with _store_through_cable(pg_url, statement_timeout=1.0) as (cable, s):
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(0)])) is None
         cable.blackhole()
         fired = []
@@ -297,10 +297,6 @@ def test_postgresql_silence_ends_the_batch_at_the_limit(pg_url):
         assert wait_for(s.submit("dev1", "toy", "peer", [rec(3)]), timeout=30) is None
         assert fired == [None] and s.healthy
         assert count(engine_for(pg_url)) == 4
-    finally:
-        wait_for(s.stop())
-        cable.close()
-        engine.dispose()
 
 
 def test_settings_merge_and_load(db_url):
