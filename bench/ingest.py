@@ -89,6 +89,9 @@ class Server:
         if kind == "bare":
             argv = [sys.executable, os.path.join(HERE, "bare_server.py"), str(self.port), TRAFFIC.name]
             ready = "bare server ready"
+        elif kind == "floor":
+            argv = [sys.executable, os.path.join(HERE, "floor_server.py"), str(self.port), db] + list(args)
+            ready = "floor server ready"
         else:
             argv = [twistd or os.path.join(BIN, "twistd"), "-n", "--pidfile=", "trackport", "--port", str(self.port),
                     "--interface", "127.0.0.1", "--db", db] + (["--reuse-port"] if shared else []) + list(args)

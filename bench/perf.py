@@ -31,6 +31,14 @@ C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
 source port each frame); C{--only idle} keeps none, for the idle-session
 measure alone.
 
+With C{--floor}, three more servers join every round, each on a database of its
+own: C{bench/floor_server.py}, which only decodes, stores (COPY and commit, by
+the store's own row-building functions, on a writer thread) and acks, and the
+same without a writer thread, blocking (C{--inline}) or not (C{--async}).
+Trackport less the floor is what its features cost; the floor less its inline
+form, what the second thread costs; the floor less the bare server, decoding
+and storing.
+
 With C{--compare NAME=TWISTD} (repeatable), the gateway started by another
 twistd (another venv, another interpreter: C{.venv-pypy/bin/twistd}) joins
 every round too, and a table sets it beside the default one, with each one's
@@ -41,7 +49,7 @@ C{--curve N} measures that warm-up instead (N successive windows from start).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
        [--devices 200] [--idle 3000] [--default-gc] [--baseline SRC] [--only tcp,udp,udp-new]
-       [--compare NAME=TWISTD] [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
+       [--floor] [--compare NAME=TWISTD] [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -74,6 +82,9 @@ SCENARIOS = [
 ]
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+#: The floor servers of C{--floor} and their arguments (C{bench/floor_server.py}).
+FLOORS = {"floor": (), "floor-inline": ("--inline",), "floor-async": ("--async",)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -249,7 +260,7 @@ def measure(server, database, transport, args, offset):
 
 
 @defer.inlineCallbacks
-def repetition(url, args, workdir, results, offset, baseline_url=None):
+def repetition(url, args, workdir, results, offset, baseline_url=None, floor_urls=None):
     servers = [("bare", ingest.Server("bare", None, workdir), None)]
     database = Database(url)
     try:
@@ -261,6 +272,9 @@ def repetition(url, args, workdir, results, offset, baseline_url=None):
                             Database(baseline_url)))
         for name, twistd in args.compare:
             servers.append((name, ingest.Server("trackport", url, workdir, twistd=twistd), database))
+        for name, floor_url in (floor_urls or {}).items():
+            servers.append((name, ingest.Server("floor", floor_url, workdir, args=FLOORS[name]),
+                            Database(floor_url)))
         for name, server, _ in servers:
             results.setdefault(("startup", name), []).append(server.startup)
             results.setdefault(("rss-ready", name), []).append(ingest.rss_kb(server.proc.pid) / 1024)
@@ -365,6 +379,10 @@ def table(results, args, load):
     if args.baseline:
         others.append(("baseline", f"The gateway of {args.baseline}, on a database of its own"))
     others += [(name, f"The gateway started by {twistd}") for name, twistd in args.compare]
+    if args.floor:
+        others += [("floor", "The floor: decoding and durable storing alone (bench/floor_server.py)"),
+                   ("floor-inline", "The floor without a writer thread (bench/floor_server.py --inline)"),
+                   ("floor-async", "The floor on an asynchronous connection (bench/floor_server.py --async)")]
     for name, title in others:
         lines += ["", f"{title} ({name}), in the same rounds, beside this one:"] + beside(results, args, name)
     return "\n".join(lines)
@@ -433,6 +451,7 @@ def main(args):
     workdir = tempfile.mkdtemp(prefix="trackport-perf-")
     url, name = ingest.pg_database(args.pg)
     baseline_url, baseline_name = ingest.pg_database(args.pg) if args.baseline else (None, None)
+    floors = {name: ingest.pg_database(args.pg) for name in (FLOORS if args.floor else ())}
     results, offset = {}, 0
     load = [open("/proc/loadavg").read().split()[0], None]
     try:
@@ -441,7 +460,8 @@ def main(args):
             return
         for i in range(args.repeat):
             print(f"-- repetition {i + 1}/{args.repeat}", flush=True)
-            offset = yield repetition(url, args, workdir, results, offset, baseline_url)
+            offset = yield repetition(url, args, workdir, results, offset, baseline_url,
+                                      {name: floor_url for name, (floor_url, _) in floors.items()})
         load[1] = open("/proc/loadavg").read().split()[0]
         print()
         print(table(results, args, load), flush=True)
@@ -449,6 +469,8 @@ def main(args):
         ingest.pg_drop(args.pg, name)
         if baseline_name:
             ingest.pg_drop(args.pg, baseline_name)
+        for _, floor_name in floors.values():
+            ingest.pg_drop(args.pg, floor_name)
         reactor.stop()
 
 
@@ -457,9 +479,9 @@ def named(value: str):
     C{NAME=TWISTD} as C{(NAME, TWISTD)}.
     """
     name, sep, twistd = value.partition("=")
-    if not (sep and name and twistd) or name in ("bare", "trackport", "default-gc", "baseline"):
-        raise argparse.ArgumentTypeError(f"{value!r}: NAME=TWISTD, NAME not bare, trackport, default-gc"
-                                         " or baseline")
+    if not (sep and name and twistd) or name in ("bare", "trackport", "default-gc", "baseline", *FLOORS):
+        raise argparse.ArgumentTypeError(f"{value!r}: NAME=TWISTD, NAME not bare, trackport, default-gc,"
+                                         " baseline or a floor")
     return name, os.path.abspath(twistd)
 
 
@@ -484,6 +506,9 @@ if __name__ == "__main__":
     ap.add_argument("--baseline", metavar="SRC",
                     help="also measure the gateway of another checkout (the code before a change), "
                          "on a database of its own, interleaved")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure bench/floor_server.py (decoding and durable storing alone), with and"
+                         " without its writer thread, each on a database of its own, interleaved")
     ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated);"
                                    " idle: none, the idle sessions only")
     ap.add_argument("--quick", action="store_true",

@@ -1,0 +1,215 @@
+"""
+The floor under trackport's cost per record: the least a Twisted server must do
+to store GoSafe records durably on PostgreSQL before acking them, with the
+gateway's own pieces and nothing else.
+
+Each frame is cut off the stream and decoded by the GoSafe decoder; its records
+are made storable and written as COPY lines by the store's own functions
+(L{gateway.storable.prepared}, L{gateway.store.copy_lines}: the stored text and
+fingerprints are trackport's); a writer thread COPYs what has queued and
+commits, and the frames' acks are written once the commit returns. What it
+leaves out is what trackport does besides: detection, sessions, identity,
+commands, the hub, the database guard, last-seen data, limits, metrics, logs.
+
+C{bench/perf.py --floor} runs it beside the bare server and trackport:
+trackport's figure less this one is what its features cost; this one less the
+bare server's is decoding and storing.
+
+With C{--inline} there is no writer thread: the reactor thread COPYs and
+commits itself once per turn, blocking (a gateway could not: a database that
+stops answering would stop every device), which measures what handing the
+batches to a second thread costs in CPU.
+
+With C{--async} there is no writer thread either, and nothing blocks: the
+reactor thread sends each batch as one multi-row INSERT (and its transaction)
+on a psycopg2 asynchronous connection, whose socket the reactor watches. That
+driver mode has no COPY, so the COPY lines are turned into VALUES rows (a field
+of COPY text is already the body of an E'' literal once its quotes are
+doubled); a gateway built this way would write the literals directly.
+
+Usage: floor_server.py PORT DATABASE_URL [--inline | --async]
+"""
+
+import io
+import os
+import sys
+import threading
+
+from zope.interface import implementer
+
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from decoders.gosafe import GoSafeProtocol  # noqa: E402
+from gateway import storable  # noqa: E402
+from gateway.context import Context  # noqa: E402
+from gateway.store import _COLUMN_LIST, _PG_COPY, _PG_LOCK, copy_lines, engine_for, migrate, now  # noqa: E402
+
+DECODER = GoSafeProtocol()
+
+
+class Writer:
+    """
+    Batches of COPY lines and the acks that wait for them: committed by a
+    thread of their own, or (C{inline}) by the reactor thread once per turn.
+    """
+
+    def __init__(self, url: str, inline: bool):
+        import psycopg2
+
+        self.connection = psycopg2.connect(url)  # a libpq URI: postgresql://...
+        self.inline = inline
+        self.lines, self.acks = [], []
+        self.cond = threading.Condition()
+        self.scheduled = False
+        if not inline:
+            threading.Thread(target=self._run, daemon=True).start()
+
+    def add(self, lines, ack):
+        if self.inline:
+            self.lines += lines
+            self.acks.append(ack)
+            if not self.scheduled:
+                self.scheduled = True
+                reactor.callLater(0, self._flush)
+            return
+        with self.cond:
+            self.lines += lines
+            self.acks.append(ack)
+            self.cond.notify()
+
+    def _commit(self, lines):
+        cursor = self.connection.cursor()
+        cursor.copy_expert(_PG_COPY, io.StringIO("".join(lines)))
+        cursor.close()
+        self.connection.commit()
+
+    def _flush(self):
+        self.scheduled = False
+        lines, acks, self.lines, self.acks = self.lines, self.acks, [], []
+        self._commit(lines)
+        _acked(acks)
+
+    def _run(self):
+        while True:
+            with self.cond:
+                while not self.acks:
+                    self.cond.wait()
+                lines, acks, self.lines, self.acks = self.lines, self.acks, [], []
+            self._commit(lines)
+            reactor.callFromThread(_acked, acks)
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class AsyncWriter:
+    """
+    Batches written by the reactor thread on an asynchronous connection: one
+    in flight at a time, the next one made of what queued meanwhile.
+    """
+
+    def __init__(self, url: str):
+        import psycopg2
+        from psycopg2.extras import wait_select
+
+        self.connection = psycopg2.connect(url, async_=1)
+        wait_select(self.connection)
+        self.cursor = self.connection.cursor()
+        self.lines, self.acks = [], []
+        self.flying = None
+        self.scheduled = False
+
+    def add(self, lines, ack):
+        self.lines += lines
+        self.acks.append(ack)
+        if self.flying is None and not self.scheduled:
+            self.scheduled = True
+            reactor.callLater(0, self._send)
+
+    def _send(self):
+        self.scheduled = False
+        lines, self.flying, self.lines, self.acks = self.lines, self.acks, [], []
+        values = ",".join([_values(line) for line in lines])
+        self.cursor.execute(f"BEGIN; {_PG_LOCK}; INSERT INTO positions ({_COLUMN_LIST}) VALUES {values}; COMMIT")
+        self._poll()
+
+    def _poll(self):
+        from psycopg2.extensions import POLL_OK, POLL_READ
+
+        state = self.connection.poll()
+        if state == POLL_OK:
+            reactor.removeReader(self)
+            reactor.removeWriter(self)
+            acks, self.flying = self.flying, None
+            _acked(acks)
+            if self.acks:
+                self._send()
+        elif state == POLL_READ:
+            reactor.removeWriter(self)
+            reactor.addReader(self)
+        else:
+            reactor.removeReader(self)
+            reactor.addWriter(self)
+
+    doRead = doWrite = _poll
+
+    def fileno(self):
+        return self.connection.fileno()
+
+    def logPrefix(self):
+        return "floor-async"
+
+    def connectionLost(self, reason):
+        pass
+
+
+def _values(line: str) -> str:
+    return "(" + ",".join(["NULL" if f == "\\N" else "E'" + f.replace("'", "''") + "'"
+                           for f in line[:-1].split("\t")]) + ")"
+
+
+def _acked(acks):
+    for write, reply in acks:
+        write(reply)
+
+
+def _store(context, frame, write):
+    result = DECODER.decode(frame, context)
+    records = [storable.prepared(r) for r in result.records]
+    WRITER.add(copy_lines(result.device_id, DECODER.name, records, now()), (write, result.reply))
+
+
+class Split(Protocol):
+    def connectionMade(self):
+        self.buffer = b""
+        self.context = Context(transport="tcp", peer=str(self.transport.getPeer()))
+
+    def dataReceived(self, data):
+        self.buffer += data
+        while self.buffer:
+            frame, consumed = DECODER.frame(self.buffer, "tcp")
+            if not consumed:
+                break
+            self.buffer = self.buffer[consumed:]
+            if frame:
+                _store(self.context, frame, self.transport.write)
+
+
+class Datagrams(DatagramProtocol):
+    def datagramReceived(self, data, addr):
+        _store(Context(transport="udp", peer=f"{addr[0]}:{addr[1]}"), data,
+               lambda reply: self.transport.write(reply, addr))
+
+
+if __name__ == "__main__":
+    port, url = int(sys.argv[1]), sys.argv[2]
+    engine = engine_for(url)
+    migrate(engine)
+    engine.dispose()
+    WRITER = AsyncWriter(url) if "--async" in sys.argv[3:] else Writer(url, inline="--inline" in sys.argv[3:])
+    reactor.listenTCP(port, Factory.forProtocol(Split), interface="127.0.0.1", backlog=1024)
+    reactor.listenUDP(port, Datagrams(), interface="127.0.0.1")
+    print("floor server ready", flush=True)
+    reactor.run()
