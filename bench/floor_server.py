@@ -27,7 +27,12 @@ driver mode has no COPY, so the COPY lines are turned into VALUES rows (a field
 of COPY text is already the body of an E'' literal once its quotes are
 doubled); a gateway built this way would write the literals directly.
 
-Usage: floor_server.py PORT DATABASE_URL [--inline | --async]
+With C{--process} there is no writer thread, nothing blocks, and COPY stays:
+the reactor thread sends each batch's COPY text down a pipe to a child process
+of its own, which COPYs and commits it and answers on another pipe; the child's
+CPU counts with the server's (C{bench/perf.py} adds a server's children).
+
+Usage: floor_server.py PORT DATABASE_URL [--inline | --async | --process]
 """
 
 import io
@@ -39,7 +44,7 @@ from zope.interface import implementer
 
 from twisted.internet import reactor
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol, Protocol
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,6 +170,74 @@ class AsyncWriter:
         pass
 
 
+class _Child(ProcessProtocol):
+    def __init__(self, writer):
+        self.writer = writer
+
+    def outReceived(self, data):
+        for _ in range(len(data)):
+            self.writer.committed()
+
+    def processEnded(self, reason):
+        if reactor.running:
+            print(f"the writer process ended: {reason.value}", file=sys.stderr, flush=True)
+            reactor.stop()
+
+
+class ProcessWriter:
+    """
+    Batches written by a child process: one in flight at a time, the next one
+    made of what queued meanwhile; the child answers one byte per commit.
+    """
+
+    def __init__(self, url: str):
+        self.lines, self.acks = [], []
+        self.flying = None
+        self.scheduled = False
+        self.child = _Child(self)
+        reactor.spawnProcess(self.child, sys.executable, [sys.executable, os.path.abspath(__file__), "--child", url],
+                             env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
+
+    def add(self, lines, ack):
+        self.lines += lines
+        self.acks.append(ack)
+        if self.flying is None and not self.scheduled:
+            self.scheduled = True
+            reactor.callLater(0, self._send)
+
+    def _send(self):
+        self.scheduled = False
+        text, self.flying, self.lines, self.acks = "".join(self.lines).encode(), self.acks, [], []
+        self.child.transport.write(b"%d\n%s" % (len(text), text))
+
+    def committed(self):
+        acks, self.flying = self.flying, None
+        _acked(acks)
+        if self.acks:
+            self._send()
+
+
+def child(url: str) -> None:
+    """
+    The writer process of C{--process}: batches of COPY text from standard
+    input, committed one by one, a byte on standard output for each.
+    """
+    import psycopg2
+
+    connection = psycopg2.connect(url)
+    source, answer = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        header = source.readline()
+        if not header:
+            return
+        cursor = connection.cursor()
+        cursor.copy_expert(_PG_COPY, io.BytesIO(source.read(int(header))), 1 << 30)
+        cursor.close()
+        connection.commit()
+        answer.write(b"k")
+        answer.flush()
+
+
 def _values(line: str) -> str:
     return "(" + ",".join(["NULL" if f == "\\N" else "E'" + f.replace("'", "''") + "'"
                            for f in line[:-1].split("\t")]) + ")"
@@ -203,12 +276,16 @@ class Datagrams(DatagramProtocol):
                lambda reply: self.transport.write(reply, addr))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "--child":
+    child(sys.argv[2])
+elif __name__ == "__main__":
     port, url = int(sys.argv[1]), sys.argv[2]
     engine = engine_for(url)
     migrate(engine)
     engine.dispose()
-    WRITER = AsyncWriter(url) if "--async" in sys.argv[3:] else Writer(url, inline="--inline" in sys.argv[3:])
+    options = sys.argv[3:]
+    WRITER = (AsyncWriter(url) if "--async" in options else ProcessWriter(url) if "--process" in options
+              else Writer(url, inline="--inline" in options))
     reactor.listenTCP(port, Factory.forProtocol(Split), interface="127.0.0.1", backlog=1024)
     reactor.listenUDP(port, Datagrams(), interface="127.0.0.1")
     print("floor server ready", flush=True)

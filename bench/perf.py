@@ -9,7 +9,7 @@ per device, and over UDP from a new source address and port for every frame
 of C{--devices} devices sends its next frame when the previous one is acked):
 
 - CPU µs per record: C{utime + stime} from C{/proc/<pid>/stat} of the gateway
-  (all its threads) and of the PostgreSQL backends of the bench database (found
+  (all its threads, and its child processes if it has any) and of the PostgreSQL backends of the bench database (found
   in C{pg_stat_activity}), read when the last device is connected and again
   once the database stops growing, divided by the records that became durable
   (rows counted); for the bare server, by the records it acked;
@@ -31,10 +31,11 @@ C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
 source port each frame); C{--only idle} keeps none, for the idle-session
 measure alone.
 
-With C{--floor}, three more servers join every round, each on a database of its
+With C{--floor}, four more servers join every round, each on a database of its
 own: C{bench/floor_server.py}, which only decodes, stores (COPY and commit, by
 the store's own row-building functions, on a writer thread) and acks, and the
-same without a writer thread, blocking (C{--inline}) or not (C{--async}).
+same without a writer thread, blocking (C{--inline}) or not (C{--async}: an
+asynchronous connection; C{--process}: a writer process).
 Trackport less the floor is what its features cost; the floor less its inline
 form, what the second thread costs; the floor less the bare server, decoding
 and storing.
@@ -84,7 +85,7 @@ SCENARIOS = [
 TICK = os.sysconf("SC_CLK_TCK")
 
 #: The floor servers of C{--floor} and their arguments (C{bench/floor_server.py}).
-FLOORS = {"floor": (), "floor-inline": ("--inline",), "floor-async": ("--async",)}
+FLOORS = {"floor": (), "floor-inline": ("--inline",), "floor-async": ("--async",), "floor-process": ("--process",)}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,6 +98,24 @@ def cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """
+    L{cpu_seconds} of a process and of every process below it (a server's
+    helper processes work for it).
+    """
+    total, pending = 0.0, [pid]
+    while pending:
+        pid = pending.pop()
+        total += cpu_seconds(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    pending += [int(child) for child in fh.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
 
 
 class Database:
@@ -136,12 +155,12 @@ class CPU:
         self.pid, self.database = pid, database
 
     def start(self):
-        self.process = cpu_seconds(self.pid)
+        self.process = tree_cpu_seconds(self.pid)
         self.backends = ({pid: cpu_seconds(pid) for pid in self.database.backends()}
                          if self.database else {})
 
     def stop(self):
-        process = cpu_seconds(self.pid) - self.process
+        process = tree_cpu_seconds(self.pid) - self.process
         backends = 0.0
         if self.database:
             # A backend that appeared meanwhile started from zero; one that
@@ -382,7 +401,8 @@ def table(results, args, load):
     if args.floor:
         others += [("floor", "The floor: decoding and durable storing alone (bench/floor_server.py)"),
                    ("floor-inline", "The floor without a writer thread (bench/floor_server.py --inline)"),
-                   ("floor-async", "The floor on an asynchronous connection (bench/floor_server.py --async)")]
+                   ("floor-async", "The floor on an asynchronous connection (bench/floor_server.py --async)"),
+                   ("floor-process", "The floor with a writer process (bench/floor_server.py --process)")]
     for name, title in others:
         lines += ["", f"{title} ({name}), in the same rounds, beside this one:"] + beside(results, args, name)
     return "\n".join(lines)
