@@ -108,20 +108,13 @@ class Writer:
             reactor.callFromThread(_acked, acks)
 
 
-@implementer(IReadDescriptor, IWriteDescriptor)
-class AsyncWriter:
+class _OneInFlight:
     """
-    Batches written by the reactor thread on an asynchronous connection: one
-    in flight at a time, the next one made of what queued meanwhile.
+    Batches written without a thread: one in flight at a time, sent by
+    L{_write}, the next one made of what queued meanwhile.
     """
 
-    def __init__(self, url: str):
-        import psycopg2
-        from psycopg2.extras import wait_select
-
-        self.connection = psycopg2.connect(url, async_=1)
-        wait_select(self.connection)
-        self.cursor = self.connection.cursor()
+    def __init__(self):
         self.lines, self.acks = [], []
         self.flying = None
         self.scheduled = False
@@ -136,6 +129,31 @@ class AsyncWriter:
     def _send(self):
         self.scheduled = False
         lines, self.flying, self.lines, self.acks = self.lines, self.acks, [], []
+        self._write(lines)
+
+    def committed(self):
+        acks, self.flying = self.flying, None
+        _acked(acks)
+        if self.acks:
+            self._send()
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class AsyncWriter(_OneInFlight):
+    """
+    Batches written by the reactor thread on an asynchronous connection.
+    """
+
+    def __init__(self, url: str):
+        import psycopg2
+        from psycopg2.extras import wait_select
+
+        super().__init__()
+        self.connection = psycopg2.connect(url, async_=1)
+        wait_select(self.connection)
+        self.cursor = self.connection.cursor()
+
+    def _write(self, lines):
         values = ",".join([_values(line) for line in lines])
         self.cursor.execute(f"BEGIN; {_PG_LOCK}; INSERT INTO positions ({_COLUMN_LIST}) VALUES {values}; COMMIT")
         self._poll()
@@ -147,10 +165,7 @@ class AsyncWriter:
         if state == POLL_OK:
             reactor.removeReader(self)
             reactor.removeWriter(self)
-            acks, self.flying = self.flying, None
-            _acked(acks)
-            if self.acks:
-                self._send()
+            self.committed()
         elif state == POLL_READ:
             reactor.removeWriter(self)
             reactor.addReader(self)
@@ -184,37 +199,20 @@ class _Child(ProcessProtocol):
             reactor.stop()
 
 
-class ProcessWriter:
+class ProcessWriter(_OneInFlight):
     """
-    Batches written by a child process: one in flight at a time, the next one
-    made of what queued meanwhile; the child answers one byte per commit.
+    Batches written by a child process, which answers one byte per commit.
     """
 
     def __init__(self, url: str):
-        self.lines, self.acks = [], []
-        self.flying = None
-        self.scheduled = False
+        super().__init__()
         self.child = _Child(self)
         reactor.spawnProcess(self.child, sys.executable, [sys.executable, os.path.abspath(__file__), "--child", url],
                              env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
 
-    def add(self, lines, ack):
-        self.lines += lines
-        self.acks.append(ack)
-        if self.flying is None and not self.scheduled:
-            self.scheduled = True
-            reactor.callLater(0, self._send)
-
-    def _send(self):
-        self.scheduled = False
-        text, self.flying, self.lines, self.acks = "".join(self.lines).encode(), self.acks, [], []
+    def _write(self, lines):
+        text = "".join(lines).encode()
         self.child.transport.write(b"%d\n%s" % (len(text), text))
-
-    def committed(self):
-        acks, self.flying = self.flying, None
-        _acked(acks)
-        if self.acks:
-            self._send()
 
 
 def child(url: str) -> None:
