@@ -51,7 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from decoders.gosafe import GoSafeProtocol  # noqa: E402
 from gateway import storable  # noqa: E402
 from gateway.context import Context  # noqa: E402
-from gateway.store import _COLUMN_LIST, _PG_COPY, _PG_LOCK, copy_lines, engine_for, migrate, now  # noqa: E402
+from gateway.ordering import ID_ORDER_STATEMENT  # noqa: E402
+from gateway.store import _COLUMN_LIST, _PG_COPY, copy_lines, engine_for, migrate, now  # noqa: E402
 
 DECODER = GoSafeProtocol()
 
@@ -155,7 +156,7 @@ class AsyncWriter(_OneInFlight):
 
     def _write(self, lines):
         values = ",".join([_values(line) for line in lines])
-        self.cursor.execute(f"BEGIN; {_PG_LOCK}; INSERT INTO positions ({_COLUMN_LIST}) VALUES {values}; COMMIT")
+        self.cursor.execute(f"BEGIN; {ID_ORDER_STATEMENT}; INSERT INTO positions ({_COLUMN_LIST}) VALUES {values}; COMMIT")
         self._poll()
 
     def _poll(self):

@@ -53,6 +53,8 @@ _HEAD_END = frozenset(b",#")
 #: A whole text head followed by its end: what L{_HEAD} and L{_HEAD_END}
 #: accept, at once (every UDP datagram is detected on its own).
 _WHOLE_HEAD = re.compile(rb"\*GS[0-9]{2},[0-9]{15}[,#]")
+#: A text head's verdict: as specific as the grammar with the IMEI allows.
+_MATCH = Verdict.match(90)
 
 _TEXT = re.compile(r"\*GS(\d{2}),(\d{15})(?:,(.*))?\Z", re.S)
 _NO_CLOCK = "000000000000"
@@ -86,9 +88,6 @@ def _text_head(head: bytes, transport: str) -> Verdict:
         # A UDP heartbeat may end right after the IMEI (spec §0.1).
         return _MATCH if transport == "udp" else Verdict.more()
     return _MATCH if head[len(_HEAD)] in _HEAD_END else Verdict.no()
-
-
-_MATCH = Verdict.match(90)
 
 
 def _unstuff(data: bytes) -> bytes:

@@ -13,6 +13,9 @@ a time already.
 
 #: The advisory lock key ("trkp").
 ID_ORDER_LOCK = 0x74726B70
+#: The statement that takes it (PostgreSQL), for callers on the driver's own
+#: connection as well as L{serialize_ids}.
+ID_ORDER_STATEMENT = f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK})"
 
 
 def serialize_ids(connection) -> None:
@@ -21,4 +24,4 @@ def serialize_ids(connection) -> None:
     lock is released when the transaction ends.
     """
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK})")
+        connection.exec_driver_sql(ID_ORDER_STATEMENT)

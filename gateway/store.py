@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from gateway import schema, storable
 from gateway.dbguard import DatabaseUnavailable, Guard, connection_class
 from gateway.model import Position, canonical_json, isoformat
-from gateway.ordering import ID_ORDER_LOCK, serialize_ids
+from gateway.ordering import ID_ORDER_STATEMENT, serialize_ids
 
 log = Logger()
 
@@ -254,11 +254,9 @@ _PG_UPSERT_DEVICES = (
 _PG_DEVICE_TEMPLATE = "(%s, %s, %s, %s, %s, %s, '{}'::jsonb)"
 #: Seconds between writes of devices' last-seen time and peer.
 SEEN_INTERVAL = 1.0
-#: The id-order lock (L{gateway.ordering.serialize_ids}).
-_PG_LOCK = f"SELECT pg_advisory_xact_lock({ID_ORDER_LOCK})"
-#: The lock, then a savepoint to return to should the COPY meet a record
-#: stored already; one round trip.
-_PG_TRY = f"{_PG_LOCK}; SAVEPOINT trackport_copy"
+#: The id-order lock (L{gateway.ordering}), then a savepoint to return to
+#: should the COPY meet a record stored already; one round trip.
+_PG_TRY = f"{ID_ORDER_STATEMENT}; SAVEPOINT trackport_copy"
 _PG_COPY = f"COPY positions ({_COLUMN_LIST}) FROM STDIN"
 _PG_UNDO = "ROLLBACK TO SAVEPOINT trackport_copy"
 _PG_STAGE = ("CREATE TEMPORARY TABLE IF NOT EXISTS positions_stage ON COMMIT DELETE ROWS AS "
@@ -1012,7 +1010,7 @@ class Store:
             cursor = raw.cursor()
             try:
                 if rows and devices:
-                    cursor.execute(_PG_LOCK)
+                    cursor.execute(ID_ORDER_STATEMENT)
                 if devices:
                     _pg_upsert_devices(cursor, devices)
                 if rows:
