@@ -33,11 +33,13 @@ def _pg_database():
 
 
 def _pg_drop(base, name):
+    # WITH (FORCE) ends the database's sessions and drops it in one step: a
+    # gateway that is still running (its fixture torn down after this one)
+    # reconnects as soon as its session ends, and a separate terminate then
+    # DROP lost that race once ("being accessed by other users").
     admin = engine_for(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.exec_driver_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
 
 
