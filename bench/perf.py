@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -372,11 +373,29 @@ def spread(results, key, field):
     return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
+def interpreter() -> str:
+    """
+    The interpreter every server but a C{--compare} one runs on: its version,
+    its path (the real one, behind a venv) and whether libpython is a shared
+    library. A CPython built with C{--enable-shared} and without PGO/LTO (a
+    default pyenv build) spends 15-18 % more CPU on trackport's code than
+    Debian's C{python3} (docs/performance.md, "The interpreter's build"), so a
+    figure means little without this.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            shared = "shared libpython" if "libpython" in maps.read() else "libpython linked in"
+    except OSError:
+        shared = "libpython: unknown"
+    return (f"{platform.python_implementation()} {platform.python_version()}"
+            f" ({os.path.realpath(sys.executable)}, {shared})")
+
+
 def table(results, args, load):
     lines = [
         f"trackport perf: {args.repeat} repetition(s), {args.seconds:g} s each, {args.devices} devices,"
         f" closed loop; medians (min–max of the CPU figures). cpus={os.cpu_count()}"
-        f" python={sys.version.split()[0]} loadavg {load[0]} -> {load[1]}"
+        f" python={interpreter()} loadavg {load[0]} -> {load[1]}"
         + (f"; {args.warm_up:g} s warm-up per traffic" if args.warm_up else ""),
         "",
         "| traffic | bare µs/rec | gateway µs/rec | PG backends µs/rec | durable rec/s (bare) "
