@@ -57,47 +57,32 @@ from gateway.store import _COLUMN_LIST, _PG_COPY, copy_lines, engine_for, migrat
 DECODER = GoSafeProtocol()
 
 
+def _commit(connection, lines):
+    cursor = connection.cursor()
+    cursor.copy_expert(_PG_COPY, io.StringIO("".join(lines)))
+    cursor.close()
+    connection.commit()
+
+
 class Writer:
     """
-    Batches of COPY lines and the acks that wait for them: committed by a
-    thread of their own, or (C{inline}) by the reactor thread once per turn.
+    Batches of COPY lines and the acks that wait for them, committed by a
+    thread of their own.
     """
 
-    def __init__(self, url: str, inline: bool):
+    def __init__(self, url: str):
         import psycopg2
 
         self.connection = psycopg2.connect(url)  # a libpq URI: postgresql://...
-        self.inline = inline
         self.lines, self.acks = [], []
         self.cond = threading.Condition()
-        self.scheduled = False
-        if not inline:
-            threading.Thread(target=self._run, daemon=True).start()
+        threading.Thread(target=self._run, daemon=True).start()
 
     def add(self, lines, ack):
-        if self.inline:
-            self.lines += lines
-            self.acks.append(ack)
-            if not self.scheduled:
-                self.scheduled = True
-                reactor.callLater(0, self._flush)
-            return
         with self.cond:
             self.lines += lines
             self.acks.append(ack)
             self.cond.notify()
-
-    def _commit(self, lines):
-        cursor = self.connection.cursor()
-        cursor.copy_expert(_PG_COPY, io.StringIO("".join(lines)))
-        cursor.close()
-        self.connection.commit()
-
-    def _flush(self):
-        self.scheduled = False
-        lines, acks, self.lines, self.acks = self.lines, self.acks, [], []
-        self._commit(lines)
-        _acked(acks)
 
     def _run(self):
         while True:
@@ -105,7 +90,7 @@ class Writer:
                 while not self.acks:
                     self.cond.wait()
                 lines, acks, self.lines, self.acks = self.lines, self.acks, [], []
-            self._commit(lines)
+            _commit(self.connection, lines)
             reactor.callFromThread(_acked, acks)
 
 
@@ -137,6 +122,22 @@ class _OneInFlight:
         _acked(acks)
         if self.acks:
             self._send()
+
+
+class InlineWriter(_OneInFlight):
+    """
+    Batches committed by the reactor thread itself, blocking, once per turn.
+    """
+
+    def __init__(self, url: str):
+        import psycopg2
+
+        super().__init__()
+        self.connection = psycopg2.connect(url)
+
+    def _write(self, lines):
+        _commit(self.connection, lines)
+        self.committed()
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
@@ -284,7 +285,7 @@ elif __name__ == "__main__":
     engine.dispose()
     options = sys.argv[3:]
     WRITER = (AsyncWriter(url) if "--async" in options else ProcessWriter(url) if "--process" in options
-              else Writer(url, inline="--inline" in options))
+              else InlineWriter(url) if "--inline" in options else Writer(url))
     reactor.listenTCP(port, Factory.forProtocol(Split), interface="127.0.0.1", backlog=1024)
     reactor.listenUDP(port, Datagrams(), interface="127.0.0.1")
     print("floor server ready", flush=True)

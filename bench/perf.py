@@ -85,8 +85,13 @@ SCENARIOS = [
 
 TICK = os.sysconf("SC_CLK_TCK")
 
-#: The floor servers of C{--floor} and their arguments (C{bench/floor_server.py}).
-FLOORS = {"floor": (), "floor-inline": ("--inline",), "floor-async": ("--async",), "floor-process": ("--process",)}
+#: The floor servers of C{--floor}: their arguments (C{bench/floor_server.py}) and titles.
+FLOORS = {
+    "floor": ((), "The floor: decoding and durable storing alone (bench/floor_server.py)"),
+    "floor-inline": (("--inline",), "The floor without a writer thread (bench/floor_server.py --inline)"),
+    "floor-async": (("--async",), "The floor on an asynchronous connection (bench/floor_server.py --async)"),
+    "floor-process": (("--process",), "The floor with a writer process (bench/floor_server.py --process)"),
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -293,7 +298,7 @@ def repetition(url, args, workdir, results, offset, baseline_url=None, floor_url
         for name, twistd in args.compare:
             servers.append((name, ingest.Server("trackport", url, workdir, twistd=twistd), database))
         for name, floor_url in (floor_urls or {}).items():
-            servers.append((name, ingest.Server("floor", floor_url, workdir, args=FLOORS[name]),
+            servers.append((name, ingest.Server("floor", floor_url, workdir, args=FLOORS[name][0]),
                             Database(floor_url)))
         for name, server, _ in servers:
             results.setdefault(("startup", name), []).append(server.startup)
@@ -377,10 +382,10 @@ def interpreter() -> str:
     """
     The interpreter every server but a C{--compare} one runs on: its version,
     its path (the real one, behind a venv) and whether libpython is a shared
-    library. A CPython built with C{--enable-shared} and without PGO/LTO (a
-    default pyenv build) spends 15-18 % more CPU on trackport's code than
-    Debian's C{python3} (docs/performance.md, "The interpreter's build"), so a
-    figure means little without this.
+    library. Debian's C{python3} (PGO and LTO, libpython linked in) spends
+    9-29 % less CPU a record on trackport than a default pyenv build
+    (C{--enable-shared}, neither; docs/performance.md, "The interpreter's
+    build"), so a figure means little without this.
     """
     try:
         with open("/proc/self/maps") as maps:
@@ -418,10 +423,7 @@ def table(results, args, load):
         others.append(("baseline", f"The gateway of {args.baseline}, on a database of its own"))
     others += [(name, f"The gateway started by {twistd}") for name, twistd in args.compare]
     if args.floor:
-        others += [("floor", "The floor: decoding and durable storing alone (bench/floor_server.py)"),
-                   ("floor-inline", "The floor without a writer thread (bench/floor_server.py --inline)"),
-                   ("floor-async", "The floor on an asynchronous connection (bench/floor_server.py --async)"),
-                   ("floor-process", "The floor with a writer process (bench/floor_server.py --process)")]
+        others += [(name, title) for name, (_, title) in FLOORS.items()]
     for name, title in others:
         lines += ["", f"{title} ({name}), in the same rounds, beside this one:"] + beside(results, args, name)
     return "\n".join(lines)
