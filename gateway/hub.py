@@ -242,8 +242,11 @@ class Hub:
                 del self.sessions[device_id]
                 self._tell("offline", gone)
             return
-        self.sessions[device_id] = holder
-        self._tell("online", holder)
+        if self.sessions.get(device_id) is not holder:
+            # Not when the gone session was not the holder (a UDP peer a NAT
+            # left behind): the device did not come online again.
+            self.sessions[device_id] = holder
+            self._tell("online", holder)
         if self.commands is not None and not self.stopping:
             self.commands.moved(device_id, gone, holder)
 

@@ -246,6 +246,20 @@ class Claims:
         live = [(c.last, c.first, s) for s, c in entry.items() if s.open]
         return max(live, key=lambda t: (t[0], t[1]))[2] if live else None
 
+    def superseded(self, session, device_id: str) -> bool:
+        """
+        Whether C{session}'s claim on C{device_id} counts in no answer any
+        more: another open session holds the device, and this claim is older
+        than the window or was forgotten (L{MAX_CLAIMANTS}). Closing such a
+        session changes no holder, conflict or route.
+        """
+        holder = self.holder(device_id)
+        if holder is None or holder is session:
+            return False
+        entry = self._claims.get(device_id)
+        claim = entry.get(session) if type(entry) is _Claims else None
+        return claim is None or self.clock.seconds() - claim.last > self.window
+
     def conflict(self, device_id: str):
         """
         The two sessions in conflict over C{device_id} (older first), or L{None}.

@@ -27,8 +27,8 @@ UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 #: the log, the listening sockets and commands.
 FD_RESERVE = 64
 #: UDP peers remembered at most (about 0.9 KB of Python heap each); beyond
-#: that a new peer's datagrams are not acked until the sweeper forgets silent
-#: ones.
+#: that a new peer's datagrams are not acked until silent or superseded peers
+#: are forgotten (L{DatagramEndpoint._make_room}).
 MAX_PEERS = 100_000
 #: Connections accepted at most in one turn of the reactor.
 ACCEPTS_PER_TURN = 64
@@ -175,32 +175,38 @@ class StreamProtocol(Protocol):
 
 class _Sweeper:
     """
-    Ends sessions silent for longer than C{idle} seconds, checked every
-    C{idle / 4} seconds: one timer for all sessions, not one each (a gateway
-    holds many thousands of mostly idle connections).
+    Ends sessions silent for longer than C{idle} seconds, and those for which
+    C{also(session, now)} is true, checked every C{period} seconds (C{idle /
+    4} by default): one timer for all sessions, not one each (a gateway holds
+    many thousands of mostly idle connections).
     """
 
-    def __init__(self, clock, idle: float, sessions, end):
+    def __init__(self, clock, idle: float, sessions, end, also=None, period: Optional[float] = None):
         self.idle = idle
+        self.also = also
+        self.period = max(idle / 4 if period is None else period, 1.0)
         self._sessions = sessions
         self._end = end
-        self._call = LoopingCall(self._sweep)
+        self._call = LoopingCall(self.sweep)
         self._call.clock = clock
         self._clock = clock
 
     def start(self) -> None:
         if self.idle > 0 and not self._call.running:
-            self._call.start(max(self.idle / 4, 1.0), now=False)
+            self._call.start(self.period, now=False)
 
     def stop(self) -> None:
         if self._call.running:
             self._call.stop()
 
-    def _sweep(self) -> None:
-        cutoff = self._clock.seconds() - self.idle
+    def sweep(self) -> int:
+        now = self._clock.seconds()
+        cutoff, also, ended = now - self.idle, self.also, 0
         for key, session in list(self._sessions()):
-            if session.last_seen < cutoff:
+            if session.last_seen < cutoff or (also is not None and also(session, now)):
                 self._end(key, session)
+                ended += 1
+        return ended
 
 
 class StreamFactory(Factory):
@@ -310,7 +316,8 @@ class _Peer:
 class DatagramEndpoint(DatagramProtocol):
     """
     UDP: one session per peer address, forgotten after C{idle} seconds of
-    silence (a NAT mapping does not live much longer).
+    silence (a NAT mapping does not live much longer), or sooner once it is
+    superseded (L{_superseded}).
     """
 
     noisy = False
@@ -322,7 +329,10 @@ class DatagramEndpoint(DatagramProtocol):
         #: The decoder that took the last datagram from each host (see
         #: L{Session.datagram_received}'s hint).
         self.decoders: Dict[str, object] = {}
-        self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget)
+        self._sweeper = _Sweeper(hub.clock, idle, self.sessions.items, self._forget, self._superseded,
+                                 min(idle, hub.claims.window) / 4)
+        #: When the table, full, may be swept again (L{_make_room}).
+        self._room_at = float("-inf")
         self._full = Budget(hub.clock, 1, 10.0, lambda n: log.warn(
             "{n} more datagrams from new peers not acked: peer table full", n=n))
 
@@ -347,7 +357,7 @@ class DatagramEndpoint(DatagramProtocol):
     def datagramReceived(self, data, addr):
         session = self.sessions.get(addr)
         if session is None:
-            if len(self.sessions) >= self.max_peers:
+            if len(self.sessions) >= self.max_peers and not self._make_room():
                 # Not read, not acked: the device keeps the data and sends it
                 # again once silent peers have been forgotten.
                 if self._full.allow():
@@ -366,6 +376,30 @@ class DatagramEndpoint(DatagramProtocol):
                 self.decoders[host] = session.decoder
             return
         session.datagram_received(data)
+
+    def _superseded(self, session, now: float) -> bool:
+        # A peer whose device has spoken from another peer since (a NAT gave
+        # it a new port), and whose claim no longer counts: no command goes
+        # to it and no identity answer depends on it. Kept for the idle time,
+        # every new port of such a device would hold a place in the table
+        # for ten minutes.
+        device_id = session.device_id
+        hub = self.hub
+        return (device_id is not None and hub.sessions.get(device_id) is not session
+                and hub.claims.superseded(session, device_id))
+
+    def _make_room(self) -> bool:
+        """
+        The table is full: sweep it now rather than at the next turn of the
+        sweeper, at most once a second (when every peer still counts, as in a
+        flood of spoofed sources naming distinct devices, a sweep frees
+        nothing and costs a pass over the whole table). Whether there is room.
+        """
+        now = self.hub.clock.seconds()
+        if now >= self._room_at:
+            self._room_at = now + 1.0
+            self._sweeper.sweep()
+        return len(self.sessions) < self.max_peers
 
     def _forget(self, addr, session) -> None:
         del self.sessions[addr]

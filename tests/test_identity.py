@@ -104,7 +104,7 @@ def test_claimants_per_device_are_bounded():
     assert victim in c._claims["dev"] and c.conflict("dev") is not None
 
 
-from hypothesis import example, given, settings, strategies as st  # noqa: E402
+from hypothesis import event, example, given, settings, strategies as st  # noqa: E402
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), max_size=40),
@@ -220,6 +220,83 @@ def test_claims_answer_as_comparing_every_claim(steps, peers):
             assert c.route("dev").session is reference.holder("dev")
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["claim", "claim", "claim", "claim", "close", "other"]),
+                          st.integers(0, 7), st.sampled_from([0, 0.5, 1, 1, 7, 30, 61, -3])),
+                max_size=40),
+       st.lists(st.sampled_from(["p1", "p2", "p3"]), min_size=8, max_size=8))
+def test_closing_a_superseded_claimant_changes_no_answer(steps, peers):
+    """
+    A session L{Claims.superseded} names may be closed (the UDP peer table
+    forgets it early): whatever came before, the holder, the conflict and the
+    route with their reasons are the same without it.
+    """
+    from unittest import mock
+
+    from gateway import identity
+
+    def replay(ops, clock):
+        c = Claims(clock, window=60)
+        for what, session, at in ops:
+            clock.rightNow = at
+            if what == "claim":
+                c.claim(session, "dev")
+            elif what == "close":
+                c.release(session)
+            else:
+                c.release_device(session, "dev")
+        return c
+
+    clock = Clock()
+    clock.advance(1000)
+    sessions = [FakeSession(peers[i]) for i in range(8)]
+    ops, superseded_seen = [], 0
+    with mock.patch.object(identity, "MAX_CLAIMANTS", 4):
+        for what, index, delay in steps:
+            clock.rightNow += delay
+            session = sessions[index]
+            if what == "close":
+                session.open = False
+            elif what == "claim" and not session.open:
+                session = sessions[index] = FakeSession(session.peer)
+            ops.append((what, session, clock.rightNow))
+            c = replay(ops, Clock())
+            c.clock.rightNow = clock.rightNow
+            for other in {s for s in sessions if s.open}:
+                if not c.superseded(other, "dev"):
+                    continue
+                superseded_seen += 1
+                without = replay(ops, Clock())
+                without.clock.rightNow = clock.rightNow
+                without.release(other)
+                assert without.holder("dev") is c.holder("dev") is not other
+                assert without.conflict("dev") == c.conflict("dev")
+                assert without.route("dev") == c.route("dev")
+    event(f"superseded claimants seen: {min(superseded_seen, 3)}")
+
+
+def test_superseded_claims():
+    clock, c = claims()
+    a, b, tcp = FakeSession("10.0.0.1:1", "udp"), FakeSession("10.0.0.1:2", "udp"), FakeSession("10.0.0.2:1")
+    c.claim(a, "dev")
+    assert not c.superseded(a, "dev")  # the holder
+    clock.advance(1)
+    c.claim(b, "dev")
+    assert not c.superseded(a, "dev") and not c.superseded(b, "dev")  # a still counts: settling
+    assert c.route("dev").reason("engine_stop") is not None
+    clock.advance(59)
+    assert not c.superseded(a, "dev")  # silent 60 s, the window's length: not past it
+    clock.advance(0.5)
+    assert c.superseded(a, "dev") and not c.superseded(b, "dev")
+    assert c.route("dev").reason("engine_stop") is None
+    c.claim(tcp, "other")
+    assert not c.superseded(tcp, "other")  # its own device
+    assert c.superseded(tcp, "dev")  # no claim on a device another holds: it counts nowhere
+    assert not c.superseded(tcp, "nobody's")
+    b.open = False
+    assert not c.superseded(a, "dev")  # the holder again, b being closed
+
+
 def test_claims_that_touch_overlap():
     """
     A claim that begins at the very time another last claimed overlaps it,
@@ -237,3 +314,20 @@ def test_claims_that_touch_overlap():
     d.open = False
     c.release(d)
     assert c.conflict("dev") == (a, b) and c.holder("dev") is b
+
+
+def test_a_device_on_a_new_udp_port_every_report_is_settling_unless_the_window_is_shorter():
+    """
+    What docs/commands.md says of NATs that change a device's port every
+    report: reporting more often than the window, its engine commands wait;
+    with a window shorter than the report interval they go.
+    """
+    for window, waits in ((60, True), (20, False)):
+        clock = Clock()
+        c = Claims(clock, window=window)
+        for port in range(5):
+            clock.advance(30)
+            c.claim(FakeSession(f"10.0.0.1:{5000 + port}", "udp"), "dev")
+        route = c.route("dev")  # right after the report, when a UDP command goes
+        assert route.session.peer == "10.0.0.1:5004" and route.reason("set_interval") is None
+        assert (route.reason("engine_stop") is not None) is waits

@@ -506,3 +506,104 @@ def test_a_forgotten_udp_peer_no_command_was_written_on_costs_no_database_round_
     endpoint._forget(("127.0.0.1", 5001), second)
     assert [name for name, _ in threaded] == ["_requeue"] and threaded[0][1][0] == second.key
     assert second not in queue._written and hub.sessions["7"] is third
+
+
+class _Sent:
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data, addr):
+        self.sent.append((data, addr))
+
+
+def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_count():
+    """
+    A device behind a NAT that gives it a new port every report leaves a peer
+    behind each time. One whose claim is older than the claim window, while
+    a newer peer holds the device, changes no identity answer: it goes at
+    the next sweep (a quarter of the window), not after the idle time. A
+    device on one port, silent for longer than the window, stays.
+    """
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint = DatagramEndpoint(hub, idle=600)
+    endpoint.makeConnection(_Sent())
+    endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
+    for n in range(60):  # a report every 10 s for 10 minutes
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
+        # Within the window a superseded peer still counts (settling: engine
+        # stop waits), so it is kept.
+        kept = {port for _, port in endpoint.sessions} - {4000}
+        assert set(range(5000 + max(0, n - 12), 5000 + n + 1)) <= kept
+        assert len(kept) <= 12 + 3 + 1  # the window, the sweep's period, the newest
+        clock.advance(10)
+    assert hub.sessions["7"] is endpoint.sessions[("127.0.0.1", 5059)]
+    assert hub.claims.route("7").session is hub.sessions["7"]
+    # The device on one port, silent 600 s less one sweep, holds its device.
+    assert ("127.0.0.2", 4000) in endpoint.sessions and hub.sessions["8"].peer == "127.0.0.2:4000"
+    endpoint.doStop()
+
+
+def test_claims_forgotten_beyond_the_claimants_cap_make_their_peers_superseded_at_once():
+    from gateway.identity import MAX_CLAIMANTS
+
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint = DatagramEndpoint(hub)
+    endpoint.makeConnection(_Sent())
+    for n in range(MAX_CLAIMANTS + 5):
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
+        clock.advance(0.5)
+    # The five oldest claims were forgotten to bound the work per frame: their
+    # peers count nowhere, window or not.
+    assert endpoint._sweeper.sweep() == 5
+    assert sorted(p for _, p in endpoint.sessions) == list(range(5005, 5000 + MAX_CLAIMANTS + 5))
+    assert hub.claims.holder("7") is endpoint.sessions[("127.0.0.1", 5000 + MAX_CLAIMANTS + 4)]
+
+
+def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
+    """
+    At the peer limit, a new peer is not refused while superseded peers hold
+    places: the table is swept there and then (once a second at most). Peers
+    that still count (each holds its own device) are never swept for room.
+    """
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint, out = DatagramEndpoint(hub, idle=600, max_peers=4), _Sent()
+    endpoint.makeConnection(out)
+    endpoint.doStart()
+    endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
+    for n in range(3):
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
+        clock.advance(1)
+    endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5003))  # full; the others still count
+    assert len(endpoint.sessions) == 4 and ("127.0.0.1", 5003) not in endpoint.sessions
+    for _ in range(122):  # the sweeper's last turn (at 120 s) found nothing past the window yet
+        clock.advance(1)
+    assert len(endpoint.sessions) == 4
+    endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5004))
+    assert sorted(endpoint.sessions) == [("127.0.0.1", 5002), ("127.0.0.1", 5004), ("127.0.0.2", 4000)]
+    assert out.sent[-1] == (b"PING,7\n", ("127.0.0.1", 5004))
+    # Distinct devices, each holding its own: nothing to forget, the new one waits.
+    for n in range(2):
+        endpoint.datagramReceived(b"PING,%d\n" % (20 + n), ("127.0.0.3", 6000 + n))
+    assert len(endpoint.sessions) == 4 and ("127.0.0.3", 6001) not in endpoint.sessions
+    assert out.sent[-1] == (b"PING,20\n", ("127.0.0.3", 6000))
+    endpoint.doStop()
+
+
+def test_forgetting_a_peer_that_did_not_hold_its_device_tells_no_one_it_came_online():
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    events = []
+    hub.watchers.append(lambda event, session: events.append((event, session.peer)))
+    endpoint = DatagramEndpoint(hub)
+    endpoint.makeConnection(_Sent())
+    for port in (5000, 5001):
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", port))
+        clock.advance(1)
+    assert events == [("online", "127.0.0.1:5000"), ("online", "127.0.0.1:5001")]
+    endpoint._forget(("127.0.0.1", 5000), endpoint.sessions[("127.0.0.1", 5000)])
+    assert events[2:] == []
+    endpoint._forget(("127.0.0.1", 5001), endpoint.sessions[("127.0.0.1", 5001)])
+    assert events[2:] == [("offline", "127.0.0.1:5001")]
