@@ -124,6 +124,10 @@ class Feed:
         self._busy = False
 
     def _device(self, event: str, session) -> None:
+        if not self.listeners:
+            # Told for every new UDP peer of a device behind a NAT: with no
+            # client open, nothing to build.
+            return
         message = {"type": "device", "data": {
             "device_id": session.device_id, "online": event == "online", "protocol": session.protocol,
             "transport": session.transport, "peer": session.peer,
