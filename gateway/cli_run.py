@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
     options = Options()
     argv = ["--port", str(args.port), "--interface", args.interface,
             "--idle-timeout", str(args.idle_timeout), "--devices", args.devices,
-            "--claim-window", str(args.claim_window)]
+            "--claim-window", str(args.claim_window), "--udp-peers", str(args.udp_peers)]
     argv += ["--db", args.db] if args.db else []
     argv += ["--config", args.config] if args.config else []
     argv += ["--reuse-port"] if args.reuse_port else []
@@ -114,5 +114,7 @@ def register(sub) -> None:
                    help="known: store and ack only devices added with `trackport devices add`")
     p.add_argument("--claim-window", type=float, default=120.0, metavar="SECONDS",
                    help="how long a frame naming a device counts as a claim on it (default 120)")
+    p.add_argument("--udp-peers", type=int, default=100_000, metavar="N",
+                   help="UDP peer addresses remembered at most (default 100000, about 1 KB each)")
     add_db(p)
     p.set_defaults(run=cmd_serve)

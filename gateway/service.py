@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from gateway.hub import Hub
 from gateway.identity import WINDOW
 from gateway.registry import discover
-from gateway.server import DatagramEndpoint, StreamFactory
+from gateway.server import MAX_PEERS, DatagramEndpoint, StreamFactory
 from gateway.store import (STATEMENT_TIMEOUT, Store, engine_for, load_settings, migrate, misconfigured,
                            outage, settings_after)
 
@@ -217,8 +217,10 @@ class GatewayService(MultiService):
     def __init__(self, port: int = 8888, interface: str = "", db: str = None,
                  reactor=None, decoders=None, reuse_port: bool = False,
                  idle_timeout: float = 3600.0, devices: str = "any", claim_window: float = WINDOW,
-                 forwards=None, http=None, map_tiles: str = "", proxy_protocol: bool = False):
+                 forwards=None, http=None, map_tiles: str = "", proxy_protocol: bool = False,
+                 udp_peers: int = MAX_PEERS):
         super().__init__()
+        self.udp_peers = udp_peers
         self.proxy_protocol = proxy_protocol
         self.http = http
         self.map_tiles = map_tiles
@@ -283,7 +285,7 @@ class GatewayService(MultiService):
 
             Forwarder(self.forwards, self.db, self.reactor, self.store).setServiceParent(self)
         factory = StreamFactory(self.hub, self.idle_timeout, proxy_protocol=self.proxy_protocol)
-        datagram = DatagramEndpoint(self.hub)
+        datagram = DatagramEndpoint(self.hub, max_peers=self.udp_peers)
         if self.reuse_port:
             SharedPort(self.reactor, self.port, self.interface, factory, datagram,
                        self.proxy_protocol).setServiceParent(self)

@@ -34,6 +34,9 @@ class Options(usage.Options):
          "Map tile URL template for the console ('' for no tiles)."],
         ["claim-window", None, 120.0,
          "Seconds a frame naming a device counts as a claim on it (identity conflicts).", float],
+        ["udp-peers", None, 100_000,
+         "UDP peer addresses remembered at most (about 1 KB each); a new one beyond that is not acked "
+         "while every remembered one still counts.", int],
     ]
 
     def __init__(self):
@@ -64,6 +67,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--devices must be any or known, not {self['devices']!r}")
         if not self["claim-window"] > 0:
             raise usage.UsageError("--claim-window must be a positive number of seconds")
+        if self["udp-peers"] < 1:
+            raise usage.UsageError(f"--udp-peers must be at least 1, not {self['udp-peers']}")
         try:
             self["db"] = database_url(self["db"], self["config"])
             check_url(self["db"])
@@ -99,7 +104,7 @@ def gateway_service(options):
                           reuse_port=bool(options["reuse-port"]), idle_timeout=options["idle-timeout"],
                           devices=options["devices"], claim_window=options["claim-window"],
                           forwards=options["forwards"], http=options["http"], map_tiles=options["map-tiles"],
-                          proxy_protocol=bool(options["proxy-protocol"]))
+                          proxy_protocol=bool(options["proxy-protocol"]), udp_peers=options["udp-peers"])
 
 
 def makeService(options):

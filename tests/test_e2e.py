@@ -101,6 +101,40 @@ def test_udp_ack_goes_to_the_datagram_source(gateway, db_url):
     assert len(positions(g, "--device", "udp1")) == 3
 
 
+@pytest.mark.parametrize("serve", [False, True], ids=["twistd", "serve"])
+def test_udp_peers_caps_the_peer_table(gateway, tmp_path, serve):
+    """
+    C{--udp-peers N}: N peers remembered. A peer beyond them is not acked
+    while every remembered one still counts; once a device's old port is
+    superseded by its new one (its claim older than the claim window), the
+    old one makes room.
+    """
+    g = gateway(f"sqlite:///{tmp_path / 'trackport.db'}", extra_env=TOY, serve=serve,
+                args=["--udp-peers", "3", "--claim-window", "1"])
+
+    def peer():
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        u.settimeout(10)
+        return u
+
+    for n, device in enumerate((b"cap0", b"cap0", b"cap1")):  # the device cap0 behind a NAT: two ports
+        u = peer()
+        u.sendto(b"TOY,%s,%d\n" % (device, n + 1), ("127.0.0.1", g.port))
+        assert u.recvfrom(100)[0] == b"ACK,%s\n" % device
+    late = peer()
+    late.settimeout(0.5)
+    late.sendto(b"TOY,cap2,1\n", ("127.0.0.1", g.port))
+    with pytest.raises(socket.timeout):
+        late.recvfrom(100)  # the first port of cap0 still counts (settling)
+    assert "3 UDP peers remembered (the limit)" in g.output()
+    time.sleep(1.2)  # past the claim window: cap0's first port is superseded
+    late.settimeout(10)
+    late.sendto(b"TOY,cap2,1\n", ("127.0.0.1", g.port))
+    assert late.recvfrom(100)[0] == b"ACK,cap2\n"
+    assert {p["device_id"] for p in positions(g)} == {"cap0", "cap1", "cap2"}
+
+
 def test_resent_batch_is_stored_once(gateway, db_url):
     g = gateway(db_url, extra_env=TOY)
     for _ in range(2):
