@@ -508,12 +508,28 @@ def test_a_forgotten_udp_peer_no_command_was_written_on_costs_no_database_round_
     assert second not in queue._written and hub.sessions["7"] is third
 
 
-class _Sent:
+class UdpTransport:
+    """
+    What a UDP endpoint sent, and to whom.
+    """
+
     def __init__(self):
         self.sent = []
 
     def write(self, data, addr):
         self.sent.append((data, addr))
+
+
+def udp_endpoint(**kwargs):
+    """
+    A started L{DatagramEndpoint} of the toy protocol on a fake clock:
+    C{(clock, hub, endpoint, transport)}.
+    """
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint, out = DatagramEndpoint(hub, **kwargs), UdpTransport()
+    endpoint.makeConnection(out)
+    return clock, hub, endpoint, out
 
 
 def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_count():
@@ -524,10 +540,7 @@ def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_c
     the next sweep (a quarter of the window), not after the idle time. A
     device on one port, silent for longer than the window, stays.
     """
-    clock = Clock()
-    hub = Hub({"toy": toy}, MemoryStore(), clock)
-    endpoint = DatagramEndpoint(hub, idle=600)
-    endpoint.makeConnection(_Sent())
+    clock, hub, endpoint, _ = udp_endpoint(idle=600)
     endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
     for n in range(60):  # a report every 10 s for 10 minutes
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
@@ -547,10 +560,7 @@ def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_c
 def test_claims_forgotten_beyond_the_claimants_cap_make_their_peers_superseded_at_once():
     from gateway.identity import MAX_CLAIMANTS
 
-    clock = Clock()
-    hub = Hub({"toy": toy}, MemoryStore(), clock)
-    endpoint = DatagramEndpoint(hub)
-    endpoint.makeConnection(_Sent())
+    clock, hub, endpoint, _ = udp_endpoint()
     for n in range(MAX_CLAIMANTS + 5):
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
         clock.advance(0.5)
@@ -567,11 +577,7 @@ def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
     places: the table is swept there and then (once a second at most). Peers
     that still count (each holds its own device) are never swept for room.
     """
-    clock = Clock()
-    hub = Hub({"toy": toy}, MemoryStore(), clock)
-    endpoint, out = DatagramEndpoint(hub, idle=600, max_peers=4), _Sent()
-    endpoint.makeConnection(out)
-    endpoint.doStart()
+    clock, hub, endpoint, out = udp_endpoint(idle=600, max_peers=4)
     endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
     for n in range(3):
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
@@ -593,12 +599,9 @@ def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
 
 
 def test_forgetting_a_peer_that_did_not_hold_its_device_tells_no_one_it_came_online():
-    clock = Clock()
-    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    clock, hub, endpoint, _ = udp_endpoint()
     events = []
     hub.watchers.append(lambda event, session: events.append((event, session.peer)))
-    endpoint = DatagramEndpoint(hub)
-    endpoint.makeConnection(_Sent())
     for port in (5000, 5001):
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", port))
         clock.advance(1)
