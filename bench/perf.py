@@ -29,7 +29,10 @@ gateway run from another checkout (the code before a change) joins every
 round instead, on a database of its own: before and after, interleaved.
 C{--only tcp,udp} keeps the scenarios of those transports (C{udp-new}: a new
 source port each frame); C{--only idle} keeps none, for the idle-session
-measure alone.
+measure alone. C{udp-new} leaves a UDP peer behind with every frame: only
+rounds of C{--seconds 20} or more take the gateway past 100,000 of them, where
+the peer table's limit is met (docs/performance.md, "UDP peers a NAT leaves
+behind").
 
 With C{--floor}, four more servers join every round, each on a database of its
 own: C{bench/floor_server.py}, which only decodes, stores (COPY and commit, by
