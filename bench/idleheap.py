@@ -8,9 +8,11 @@ it by a few hundred bytes between rounds of the same code; the heap counts the
 objects a session keeps, Twisted's connection objects included on both sides.
 The gateway runs in process on a store that keeps nothing (what is stored is
 not what an idle session holds), its log lines discarded (twistd writes them
-out; Twisted keeps them in memory until logging begins).
+out; Twisted keeps them in memory until logging begins). With C{--pg URL} it
+runs on the real store instead, on a PostgreSQL database of its own made from
+that server's URL, so that the store's per-device memos count too.
 
-Usage: .venv/bin/python bench/idleheap.py [--sessions 1500] [--baseline DIR]
+Usage: .venv/bin/python bench/idleheap.py [--sessions 1500] [--baseline DIR] [--pg URL]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import tracemalloc
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def measure(kind: str, sessions: int) -> float:
+def measure(kind: str, sessions: int, db=None) -> float:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 
@@ -63,8 +65,17 @@ def measure(kind: str, sessions: int) -> float:
                 self.buffer = self.buffer[end + 1:]
                 self.transport.write(b"1234")
 
+    if db is None:
+        store = Nothing()
+    else:
+        from gateway.store import Store, engine_for, migrate
+
+        engine = engine_for(db)
+        migrate(engine)
+        store = Store(engine, reactor)
+        store.start()
     factory = (Factory.forProtocol(Split) if kind == "bare"
-               else StreamFactory(Hub(discover(), Nothing(), reactor)))
+               else StreamFactory(Hub(discover(), store, reactor)))
     port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024).getHost().port
     traffic = gosafe.make(1)
     clients = []
@@ -82,7 +93,8 @@ def measure(kind: str, sessions: int) -> float:
                 turn(5)
         turn(500)
         for s in clients[-n:]:
-            s.recv(16)
+            while not s.recv(16):  # the ack: committed first when the store is real
+                turn(10)
 
     connect(200)  # first-time costs (imports, caches) outside the count
     gc.collect()
@@ -103,15 +115,26 @@ def measure(kind: str, sessions: int) -> float:
 
 
 def main(args) -> None:
+    sys.path.insert(0, os.path.dirname(HERE))
+    from bench import ingest
+
     sides = [("bare Twisted protocol", "bare", os.path.dirname(HERE)),
              ("trackport", "gateway", os.path.dirname(HERE))]
     if args.baseline:
         sides.append((f"trackport of {args.baseline}", "gateway", os.path.abspath(args.baseline)))
     print(f"Python heap per idle identified TCP session ({args.sessions} sessions, tracemalloc):")
+    if args.pg:
+        print("  (the gateways on the real store, each on a PostgreSQL database of its own)")
     for label, kind, root in sides:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind,
-                              "--sessions", str(args.sessions)],
-                             env=dict(os.environ, PYTHONPATH=root), check=True, capture_output=True, text=True)
+        db, name = ingest.pg_database(args.pg) if args.pg and kind == "gateway" else (None, None)
+        try:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", kind,
+                                  "--sessions", str(args.sessions)] + (["--db", db] if db else []),
+                                 env=dict(os.environ, PYTHONPATH=root), check=True, capture_output=True,
+                                 text=True)
+        finally:
+            if name:
+                ingest.pg_drop(args.pg, name)
         print(f"  {label}: {float(out.stdout):,.0f} B")
 
 
@@ -119,12 +142,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=1500)
     ap.add_argument("--baseline", metavar="DIR", help="also measure the gateway of another checkout")
+    ap.add_argument("--pg", metavar="URL", help="the gateways on the real store, on this PostgreSQL server")
     ap.add_argument("--child", choices=["bare", "gateway"], help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.sessions + 1000)), hard))
     if args.child:
         sys.path.insert(0, os.environ.get("PYTHONPATH") or os.path.dirname(HERE))
-        print(measure(args.child, args.sessions))
+        print(measure(args.child, args.sessions, args.db))
     else:
         main(args)
