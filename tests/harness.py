@@ -196,21 +196,28 @@ def tcp_connection(decoder, settings: Optional[Mapping[str, str]] = None):
     return hub, protocol, transport
 
 
-def udp_endpoint(decoder, settings: Optional[Mapping[str, str]] = None):
+def udp_endpoint(decoder, settings: Optional[Mapping[str, str]] = None, start: bool = False, **options):
     """
     The UDP endpoint of a fresh L{memory_hub} of C{decoder}:
     C{(hub, endpoint, sent)}. Write with C{endpoint.datagramReceived(data,
     address)}; C{sent} collects C{(data, address)} pairs.
+
+    @param start: start it as the server does (its sweeper runs on
+        C{hub.clock}).
+    @param options: for L{DatagramEndpoint} (C{idle}, C{max_peers}).
     """
     hub = memory_hub(decoder, settings)
-    endpoint = DatagramEndpoint(hub)
+    endpoint = DatagramEndpoint(hub, **options)
     sent = []
 
     class Transport:
         def write(self, data, addr):
             sent.append((data, addr))
 
-    endpoint.transport = Transport()
+    if start:
+        endpoint.makeConnection(Transport())
+    else:
+        endpoint.transport = Transport()
     return hub, endpoint, sent
 
 

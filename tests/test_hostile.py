@@ -19,7 +19,7 @@ from gateway.hub import UNKNOWN_PER_SECOND, Hub, MemoryStore
 from gateway.server import DatagramEndpoint, StreamFactory
 from gateway.session import (DETECT_SECONDS, ERROR_PERIOD, ERRORS_PER_PERIOD, GARBAGE_SECONDS,
                              MAX_REPLIES, MAX_WAITING, Session)
-from tests.test_session import HeldStore, UdpTransport, udp_endpoint
+from tests.test_session import HeldStore
 from tests.toy import toy
 
 
@@ -52,6 +52,14 @@ def tcp(store=None, clock=None):
     hub.keep_errors = True
     factory = StreamFactory(hub)
     return (hub, *connect(factory))
+
+
+class UdpTransport:
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data, addr):
+        self.sent.append((data, addr))
 
 
 # -- fairness ---------------------------------------------------------------
@@ -172,7 +180,10 @@ def test_a_connection_that_sends_nothing_is_dropped_at_the_detection_deadline():
 
 
 def test_unknown_summary_comes_from_a_timer(logged):
-    clock, hub, endpoint, _ = udp_endpoint()
+    clock = Clock()
+    hub = Hub({"toy": toy}, MemoryStore(), clock)
+    endpoint = DatagramEndpoint(hub)
+    endpoint.makeConnection(UdpTransport())
     for i in range(UNKNOWN_PER_SECOND + 7):
         endpoint.datagramReceived(b"\x00junk", ("127.0.0.1", 2000 + i))
     clock.advance(1.0)  # and no further packet

@@ -14,6 +14,7 @@ from gateway.hub import UNKNOWN_PER_SECOND, Hub, MemoryStore
 from gateway.model import DecodeResult
 from gateway.server import DatagramEndpoint, StreamFactory
 from gateway.session import DETECT_SECONDS, MAX_BUFFER, Session
+from tests.harness import udp_endpoint
 from tests.toy import toy
 
 
@@ -508,30 +509,6 @@ def test_a_forgotten_udp_peer_no_command_was_written_on_costs_no_database_round_
     assert second not in queue._written and hub.sessions["7"] is third
 
 
-class UdpTransport:
-    """
-    What a UDP endpoint sent, and to whom.
-    """
-
-    def __init__(self):
-        self.sent = []
-
-    def write(self, data, addr):
-        self.sent.append((data, addr))
-
-
-def udp_endpoint(**kwargs):
-    """
-    A started L{DatagramEndpoint} of the toy protocol on a fake clock:
-    C{(clock, hub, endpoint, transport)}.
-    """
-    clock = Clock()
-    hub = Hub({"toy": toy}, MemoryStore(), clock)
-    endpoint, out = DatagramEndpoint(hub, **kwargs), UdpTransport()
-    endpoint.makeConnection(out)
-    return clock, hub, endpoint, out
-
-
 def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_count():
     """
     A device behind a NAT that gives it a new port every report leaves a peer
@@ -540,7 +517,8 @@ def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_c
     the next sweep (a quarter of the window), not after the idle time. A
     device on one port, silent for longer than the window, stays.
     """
-    clock, hub, endpoint, _ = udp_endpoint(idle=600)
+    hub, endpoint, _ = udp_endpoint(toy, start=True, idle=600)
+    clock = hub.clock
     endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
     for n in range(60):  # a report every 10 s for 10 minutes
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
@@ -560,7 +538,8 @@ def test_a_nat_device_s_superseded_udp_peers_are_forgotten_once_they_no_longer_c
 def test_claims_forgotten_beyond_the_claimants_cap_make_their_peers_superseded_at_once():
     from gateway.identity import MAX_CLAIMANTS
 
-    clock, hub, endpoint, _ = udp_endpoint()
+    hub, endpoint, _ = udp_endpoint(toy, start=True)
+    clock = hub.clock
     for n in range(MAX_CLAIMANTS + 5):
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
         clock.advance(0.5)
@@ -577,7 +556,8 @@ def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
     places: the table is swept there and then (once a second at most). Peers
     that still count (each holds its own device) are never swept for room.
     """
-    clock, hub, endpoint, out = udp_endpoint(idle=600, max_peers=4)
+    hub, endpoint, sent = udp_endpoint(toy, start=True, idle=600, max_peers=4)
+    clock = hub.clock
     endpoint.datagramReceived(b"PING,8\n", ("127.0.0.2", 4000))
     for n in range(3):
         endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
@@ -589,17 +569,18 @@ def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
     assert len(endpoint.sessions) == 4
     endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5004))
     assert sorted(endpoint.sessions) == [("127.0.0.1", 5002), ("127.0.0.1", 5004), ("127.0.0.2", 4000)]
-    assert out.sent[-1] == (b"PING,7\n", ("127.0.0.1", 5004))
+    assert sent[-1] == (b"PING,7\n", ("127.0.0.1", 5004))
     # Distinct devices, each holding its own: nothing to forget, the new one waits.
     for n in range(2):
         endpoint.datagramReceived(b"PING,%d\n" % (20 + n), ("127.0.0.3", 6000 + n))
     assert len(endpoint.sessions) == 4 and ("127.0.0.3", 6001) not in endpoint.sessions
-    assert out.sent[-1] == (b"PING,20\n", ("127.0.0.3", 6000))
+    assert sent[-1] == (b"PING,20\n", ("127.0.0.3", 6000))
     endpoint.doStop()
 
 
 def test_forgetting_a_peer_that_did_not_hold_its_device_tells_no_one_it_came_online():
-    clock, hub, endpoint, _ = udp_endpoint()
+    hub, endpoint, _ = udp_endpoint(toy, start=True)
+    clock = hub.clock
     events = []
     hub.watchers.append(lambda event, session: events.append((event, session.peer)))
     for port in (5000, 5001):
