@@ -351,6 +351,7 @@ def idle_sessions(server, args, results, offset):
     are not counted as per-session memory). Returns it, in bytes.
     """
     connections = []
+    failed = []
 
     class Once(Protocol):
         def connectionMade(self):
@@ -358,18 +359,25 @@ def idle_sessions(server, args, results, offset):
             device = imei(offset + len(connections))
             self.transport.write((TRAFFIC.hello(device) if TRAFFIC.hello else b"") + frame(device, 0))
 
-    f = ClientFactory()
-    f.protocol = Once
+    class Factory(ClientFactory):
+        protocol = Once
+
+        def clientConnectionFailed(self, connector, reason):
+            failed.append(reason)
+
+    f = Factory()
 
     @defer.inlineCallbacks
     def open_until(count):
-        for i in range(len(connections), count):
-            # One source address gives ~28k ephemeral ports: spread over several.
-            reactor.connectTCP("127.0.0.1", server.port, f, bindAddress=(f"127.0.0.{2 + i // 20000}", 0))
+        for i in range(len(connections) + len(failed), count):
+            # One source address gives ~28k ephemeral ports, and the sessions of
+            # the server measured before are in TIME_WAIT: spread over several.
+            source = f"127.0.0.{2 + (offset + i) // 20000 % 250}"
+            reactor.connectTCP("127.0.0.1", server.port, f, bindAddress=(source, 0))
             if i % 500 == 499:
                 yield task.deferLater(reactor, 0.05, lambda: None)
         deadline = time.time() + 600
-        while len(connections) < count and time.time() < deadline:
+        while len(connections) + len(failed) < count and time.time() < deadline:
             yield task.deferLater(reactor, 0.2, lambda: None)
         yield task.deferLater(reactor, 5.0, lambda: None)
 
@@ -377,10 +385,12 @@ def idle_sessions(server, args, results, offset):
     yield open_until(warm)
     base = sum(rss_kb(pid) for pid in server.pids)
     yield open_until(args.idle)
+    count = len(connections) - warm
     grown = sum(rss_kb(pid) for pid in server.pids) - base
-    per = grown * 1024 / max(1, len(connections) - warm)
-    results.append((server.kind, "tcp", f"{len(connections)} idle sessions",
-                    f"RSS +{grown / 1024:.1f} MiB over the last {len(connections) - warm}",
+    per = grown * 1024 / max(1, count)
+    results.append((server.kind, "tcp", f"{len(connections)} idle sessions"
+                    + (f" ({len(failed)} failed to connect)" if failed else ""),
+                    f"RSS +{grown / 1024:.1f} MiB over the last {count}",
                     f"{per:,.0f} bytes/session", "", ""))
     print(*results[-1], sep="  ", flush=True)
     for c in connections:

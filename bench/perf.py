@@ -15,7 +15,9 @@ of C{--devices} devices sends its next frame when the previous one is acked):
   (rows counted); for the bare server, by the records it acked;
 - durable records/s (acked records/s for the bare server) and ack p50/p99;
 - the memory of an idle TCP session (RSS growth over C{--idle} silent, identified
-  connections, on freshly started servers).
+  connections, on freshly started servers; the per-device tables double when
+  they fill, which moves the figure by a few hundred bytes a session over a few
+  thousand: C{--idle 12000} steadies it).
 
 Measurements alternate (bare, trackport, bare, trackport...) and are repeated
 C{--repeat} times on fresh processes; the table gives medians (and the spread of

@@ -382,11 +382,12 @@ class DatagramEndpoint(DatagramProtocol):
         # it a new port), and whose claim no longer counts: no command goes
         # to it and no identity answer depends on it. Kept for the idle time,
         # every new port of such a device would hold a place in the table
-        # for ten minutes.
+        # for ten minutes. One whose ack still waits for its records to
+        # commit is kept until the ack has left (forgotten, it would be lost).
         device_id = session.device_id
         hub = self.hub
         return (device_id is not None and hub.sessions.get(device_id) is not session
-                and hub.claims.superseded(session, device_id))
+                and not session.replying and hub.claims.superseded(session, device_id))
 
     def _make_room(self) -> bool:
         """

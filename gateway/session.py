@@ -503,6 +503,14 @@ class Session:
         self._queue_reply(None, data)
         return True
 
+    @property
+    def replying(self) -> bool:
+        """
+        Whether an ack or reply of this session still waits to be sent (for
+        its records to commit, say): closing it now would lose it.
+        """
+        return self._replies is not None
+
     def close(self) -> None:
         if self.open:
             self.open = False

@@ -550,6 +550,32 @@ def test_claims_forgotten_beyond_the_claimants_cap_make_their_peers_superseded_a
     assert hub.claims.holder("7") is endpoint.sessions[("127.0.0.1", 5000 + MAX_CLAIMANTS + 4)]
 
 
+def test_a_superseded_udp_peer_stays_until_its_ack_is_sent():
+    """
+    A peer whose claim no longer counts while its records are still being
+    stored is kept until they commit and its ack has left (a device flushing
+    history from more new ports than it has claimants, faster than a commit):
+    forgotten, the ack would be lost. The sweep takes it after.
+    """
+    from gateway.identity import MAX_CLAIMANTS
+
+    store = HeldStore()
+    hub = Hub({"toy": toy}, store, Clock())
+    endpoint = DatagramEndpoint(hub)
+    sent = []
+    endpoint.makeConnection(type("T", (), {"write": lambda self, data, addr: sent.append((data, addr))})())
+    endpoint.datagramReceived(b"TOY,7,1\n", ("127.0.0.1", 5000))
+    for n in range(1, MAX_CLAIMANTS + 1):
+        hub.clock.advance(0.1)
+        endpoint.datagramReceived(b"PING,7\n", ("127.0.0.1", 5000 + n))
+    assert hub.claims.superseded(endpoint.sessions[("127.0.0.1", 5000)], "7")
+    assert endpoint._sweeper.sweep() == 0 and ("127.0.0.1", 5000) in endpoint.sessions
+    store.commit()
+    assert sent[-1] == (b"ACK,7\n", ("127.0.0.1", 5000))
+    assert endpoint._sweeper.sweep() == 1 and ("127.0.0.1", 5000) not in endpoint.sessions
+    endpoint.doStop()
+
+
 def test_a_full_udp_peer_table_makes_room_from_superseded_peers_at_once():
     """
     At the peer limit, a new peer is not refused while superseded peers hold
