@@ -36,11 +36,13 @@ rounds of C{--seconds 20} or more take the gateway past 100,000 of them, where
 the peer table's limit is met (docs/performance.md, "UDP peers a NAT leaves
 behind").
 
-With C{--floor}, four more servers join every round, each on a database of its
+With C{--floor}, five more servers join every round, each on a database of its
 own: C{bench/floor_server.py}, which only decodes, stores (COPY and commit, by
 the store's own row-building functions, on a writer thread) and acks, and the
 same without a writer thread, blocking (C{--inline}) or not (C{--async}: an
-asynchronous connection; C{--process}: a writer process).
+asynchronous connection; C{--process}: a writer process), and the writer thread
+handing its batches to such a process (C{--piped}); C{--floor NAMES} runs some
+of them (C{--floor floor,floor-piped}).
 Trackport less the floor is what its features cost; the floor less its inline
 form, what the second thread costs; the floor less the bare server, decoding
 and storing.
@@ -55,7 +57,7 @@ C{--curve N} measures that warm-up instead (N successive windows from start).
 
 Usage: .venv/bin/python bench/perf.py [--quick] [--repeat 3] [--seconds 8]
        [--devices 200] [--idle 3000] [--default-gc] [--baseline SRC] [--only tcp,udp,udp-new]
-       [--floor] [--compare NAME=TWISTD] [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
+       [--floor [NAMES]] [--compare NAME=TWISTD] [--warm-up SECONDS] [--curve N] [--pg postgresql://...]
 """
 
 from __future__ import annotations
@@ -96,7 +98,17 @@ FLOORS = {
     "floor-inline": (("--inline",), "The floor without a writer thread (bench/floor_server.py --inline)"),
     "floor-async": (("--async",), "The floor on an asynchronous connection (bench/floor_server.py --async)"),
     "floor-process": (("--process",), "The floor with a writer process (bench/floor_server.py --process)"),
+    "floor-piped": (("--piped",), "The floor's writer thread handing batches to a writer process"
+                                  " (bench/floor_server.py --piped)"),
 }
+
+
+def _floors(names: str) -> list:
+    picked = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in picked if n not in FLOORS]
+    if unknown or not picked:
+        raise argparse.ArgumentTypeError(f"not a floor server: {', '.join(unknown) or names!r}")
+    return picked
 
 
 def cpu_seconds(pid: int) -> float:
@@ -429,7 +441,7 @@ def table(results, args, load):
         others.append(("baseline", f"The gateway of {args.baseline}, on a database of its own"))
     others += [(name, f"The gateway started by {twistd}") for name, twistd in args.compare]
     if args.floor:
-        others += [(name, title) for name, (_, title) in FLOORS.items()]
+        others += [(name, title) for name, (_, title) in FLOORS.items() if name in args.floor]
     for name, title in others:
         lines += ["", f"{title} ({name}), in the same rounds, beside this one:"] + beside(results, args, name)
     return "\n".join(lines)
@@ -498,7 +510,7 @@ def main(args):
     workdir = tempfile.mkdtemp(prefix="trackport-perf-")
     url, name = ingest.pg_database(args.pg)
     baseline_url, baseline_name = ingest.pg_database(args.pg) if args.baseline else (None, None)
-    floors = {name: ingest.pg_database(args.pg) for name in (FLOORS if args.floor else ())}
+    floors = {name: ingest.pg_database(args.pg) for name in (args.floor or ())}
     results, offset = {}, 0
     load = [open("/proc/loadavg").read().split()[0], None]
     try:
@@ -553,9 +565,10 @@ if __name__ == "__main__":
     ap.add_argument("--baseline", metavar="SRC",
                     help="also measure the gateway of another checkout (the code before a change), "
                          "on a database of its own, interleaved")
-    ap.add_argument("--floor", action="store_true",
+    ap.add_argument("--floor", nargs="?", const=",".join(FLOORS), type=_floors, metavar="NAMES",
                     help="also measure bench/floor_server.py (decoding and durable storing alone), with and"
-                         " without its writer thread, each on a database of its own, interleaved")
+                         " without its writer thread, each on a database of its own, interleaved; NAMES"
+                         f" (comma-separated) picks some of {', '.join(FLOORS)}")
     ap.add_argument("--only", help="transports to measure: tcp, udp, udp-new (comma-separated);"
                                    " idle: none, the idle sessions only")
     ap.add_argument("--quick", action="store_true",
