@@ -124,8 +124,7 @@ class PipedWriter(Writer):
         return None
 
     def commit(self, lines):
-        text = "".join(lines).encode()
-        self.child.stdin.write(b"%d\n%s" % (len(text), text))
+        self.child.stdin.write(_for_child(lines))
         self.child.stdin.flush()
         if self.child.stdout.read(1) != b"k":
             os._exit(1)  # the child failed: bench/perf.py sees the server gone
@@ -250,8 +249,13 @@ class ProcessWriter(_OneInFlight):
                              env=os.environ, childFDs={0: "w", 1: "r", 2: 2})
 
     def _write(self, lines):
-        text = "".join(lines).encode()
-        self.child.transport.write(b"%d\n%s" % (len(text), text))
+        self.child.transport.write(_for_child(lines))
+
+
+def _for_child(lines) -> bytes:
+    # A batch as L{child} reads it: its length, a newline, its COPY text.
+    text = "".join(lines).encode()
+    return b"%d\n%s" % (len(text), text)
 
 
 def child(url: str) -> None:

@@ -121,15 +121,17 @@ class RecordingCommands:
         pass
 
 
-def memory_hub(decoder, settings: Optional[Mapping[str, str]] = None) -> Hub:
+def memory_hub(decoder, settings: Optional[Mapping[str, str]] = None, store=None) -> Hub:
     """
     A hub with only C{decoder}, over a L{MemoryStore} and a L{Clock}, that
     keeps its errors in C{hub.errors} and hands confirmations to a
     L{RecordingCommands} in C{hub.commands}.
 
     @param settings: per-device settings that apply to every device.
+    @param store: another store than a fresh L{MemoryStore}.
     """
-    hub = Hub({decoder.name: decoder}, MemoryStore(), Clock(), settings={None: dict(settings or {})})
+    hub = Hub({decoder.name: decoder}, store if store is not None else MemoryStore(), Clock(),
+              settings={None: dict(settings or {})})
     hub.keep_errors = True
     hub.commands = RecordingCommands()
     return hub
@@ -196,7 +198,8 @@ def tcp_connection(decoder, settings: Optional[Mapping[str, str]] = None):
     return hub, protocol, transport
 
 
-def udp_endpoint(decoder, settings: Optional[Mapping[str, str]] = None, start: bool = False, **options):
+def udp_endpoint(decoder, settings: Optional[Mapping[str, str]] = None, start: bool = False, store=None,
+                 **options):
     """
     The UDP endpoint of a fresh L{memory_hub} of C{decoder}:
     C{(hub, endpoint, sent)}. Write with C{endpoint.datagramReceived(data,
@@ -204,9 +207,10 @@ def udp_endpoint(decoder, settings: Optional[Mapping[str, str]] = None, start: b
 
     @param start: start it as the server does (its sweeper runs on
         C{hub.clock}).
+    @param store: for L{memory_hub}.
     @param options: for L{DatagramEndpoint} (C{idle}, C{max_peers}).
     """
-    hub = memory_hub(decoder, settings)
+    hub = memory_hub(decoder, settings, store)
     endpoint = DatagramEndpoint(hub, **options)
     sent = []
 

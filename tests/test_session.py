@@ -560,10 +560,7 @@ def test_a_superseded_udp_peer_stays_until_its_ack_is_sent():
     from gateway.identity import MAX_CLAIMANTS
 
     store = HeldStore()
-    hub = Hub({"toy": toy}, store, Clock())
-    endpoint = DatagramEndpoint(hub)
-    sent = []
-    endpoint.makeConnection(type("T", (), {"write": lambda self, data, addr: sent.append((data, addr))})())
+    hub, endpoint, sent = udp_endpoint(toy, start=True, store=store)
     endpoint.datagramReceived(b"TOY,7,1\n", ("127.0.0.1", 5000))
     for n in range(1, MAX_CLAIMANTS + 1):
         hub.clock.advance(0.1)
